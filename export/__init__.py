@@ -1,0 +1,1 @@
+"""Deployment tooling for keras_transformer models (SavedModel and ONNX)."""

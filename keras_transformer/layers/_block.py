@@ -1,0 +1,82 @@
+"""What EncoderBlock and DecoderBlock share: arguments, config, and the residual sub-layer."""
+
+import keras
+
+from keras_transformer.layers._validation import check_positive_int, check_rate
+
+
+class TransformerBlockBase(keras.layers.Layer):
+    """Stores the common block arguments and wraps sub-layers in dropout + residual + LayerNorm."""
+
+    def __init__(
+        self,
+        num_heads,
+        d_ff,
+        dropout=0.1,
+        activation="relu",
+        norm_first=False,
+        layer_norm_epsilon=1e-6,
+        attention_dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        self.d_ff = check_positive_int("d_ff", d_ff)
+        self.dropout = check_rate("dropout", dropout)
+        self.attention_dropout = check_rate("attention_dropout", attention_dropout)
+        self.activation = activation
+        keras.activations.get(activation)  # fail at construction on an unknown activation
+        self.norm_first = bool(norm_first)
+        if not isinstance(layer_norm_epsilon, (int, float)) or layer_norm_epsilon <= 0:
+            raise ValueError(
+                "`layer_norm_epsilon` must be a positive number; received "
+                f"layer_norm_epsilon={layer_norm_epsilon!r}."
+            )
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.supports_masking = True
+
+    def _layer_norm(self, name):
+        return keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
+        )
+
+    def _dropout(self, name):
+        return keras.layers.Dropout(self.dropout, dtype=self.dtype_policy, name=name)
+
+    def residual(self, x, sublayer, norm, dropout, training=None):
+        """`LayerNorm(x + Dropout(sublayer(x)))` (post-norm, the paper) or
+        `x + Dropout(sublayer(LayerNorm(x)))` (pre-norm, `norm_first=True`).
+
+        `sublayer` may return `(output, *extras)` (e.g. an updated cache); the extras are
+        returned alongside: `(new_x, extras)`.
+        """
+        result = sublayer(norm(x) if self.norm_first else x)
+        extras = ()
+        if isinstance(result, tuple):
+            result, *extras = result
+        x = x + dropout(result, training=training)
+        if not self.norm_first:
+            x = norm(x)
+        return x, tuple(extras)
+
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return input_shape
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        activation = self.activation
+        if not isinstance(activation, str):
+            activation = keras.activations.serialize(activation)
+        config.update(
+            num_heads=self.num_heads,
+            d_ff=self.d_ff,
+            dropout=self.dropout,
+            activation=activation,
+            norm_first=self.norm_first,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            attention_dropout=self.attention_dropout,
+        )
+        return config

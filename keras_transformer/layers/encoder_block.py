@@ -1,0 +1,82 @@
+"""EncoderBlock: self-attention and feed-forward sub-layers with residual + LayerNorm (paper 3.1)."""
+
+import keras
+
+from keras_transformer.layers import masks
+from keras_transformer.layers._block import TransformerBlockBase
+from keras_transformer.layers._validation import check_last_dim, check_rank
+from keras_transformer.layers.feed_forward import FeedForward
+from keras_transformer.layers.multi_head_attention import MultiHeadAttention
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class EncoderBlock(TransformerBlockBase):
+    """One encoder layer: multi-head self-attention, then a position-wise feed-forward network.
+
+    Each sub-layer is wrapped as `LayerNorm(x + Dropout(Sublayer(x)))` (post-norm, the paper),
+    or `x + Dropout(Sublayer(LayerNorm(x)))` when `norm_first=True` (pre-norm).
+
+    Args:
+        num_heads: attention heads; the input width must be divisible by it.
+        d_ff: inner width of the feed-forward network.
+        dropout: residual dropout rate (0.1 in the base model).
+        activation: feed-forward activation.
+        norm_first: pre-norm instead of the paper's post-norm.
+        layer_norm_epsilon: LayerNorm epsilon.
+        attention_dropout: dropout on attention probabilities.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        x: `(batch, length, d_model)`.
+        padding_mask: `(batch, length)` boolean, True at real tokens. Defaults to the Keras
+            mask carried by `x` (from `mask_zero=True`); an explicit mask wins.
+        attention_mask: `(batch, length, length)` boolean (or broadcastable), True = may attend.
+        training: whether dropout is active.
+
+    Sub-layers (made in `build`): `self_attention`, `self_attention_norm`, `feed_forward`,
+    `feed_forward_norm`.
+
+    Example:
+    >>> block = EncoderBlock(num_heads=2, d_ff=32)
+    >>> block(keras.random.normal((2, 7, 16))).shape
+    (2, 7, 16)
+    """
+
+    def build(self, input_shape):
+        check_last_dim("x", input_shape)
+        self.self_attention = MultiHeadAttention(
+            self.num_heads, dropout=self.attention_dropout, dtype=self.dtype_policy, name="self_attention"
+        )
+        self.self_attention.build(input_shape)
+        self.self_attention_norm = self._layer_norm("self_attention_norm")
+        self.self_attention_norm.build(input_shape)
+        self.self_attention_dropout = self._dropout("self_attention_dropout")
+        self.feed_forward = FeedForward(
+            self.d_ff, activation=self.activation, dropout=0.0, dtype=self.dtype_policy, name="feed_forward"
+        )
+        self.feed_forward.build(input_shape)
+        self.feed_forward_norm = self._layer_norm("feed_forward_norm")
+        self.feed_forward_norm.build(input_shape)
+        self.feed_forward_dropout = self._dropout("feed_forward_dropout")
+        self.built = True
+
+    def call(self, x, padding_mask=None, attention_mask=None, training=None):
+        check_rank("x", x, 3)
+        if padding_mask is None:
+            padding_mask = masks.keras_mask_of(x)
+        mask = masks.merge_masks(padding_mask=padding_mask, attention_mask=attention_mask)
+        x, _ = self.residual(
+            x,
+            lambda h: self.self_attention(h, attention_mask=mask, training=training),
+            self.self_attention_norm,
+            self.self_attention_dropout,
+            training,
+        )
+        x, _ = self.residual(
+            x,
+            lambda h: self.feed_forward(h, training=training),
+            self.feed_forward_norm,
+            self.feed_forward_dropout,
+            training,
+        )
+        return x
