@@ -1,8 +1,15 @@
 """What EncoderBlock and DecoderBlock share: arguments, config, and the residual sub-layer."""
 
+import inspect
+
 import keras
 
-from keras_transformer.layers._validation import check_positive_int, check_rate
+from keras_transformer.layers._validation import (
+    check_activation,
+    check_dims,
+    check_positive_int,
+    check_rate,
+)
 
 
 class TransformerBlockBase(keras.layers.Layer):
@@ -25,7 +32,7 @@ class TransformerBlockBase(keras.layers.Layer):
         self.dropout = check_rate("dropout", dropout)
         self.attention_dropout = check_rate("attention_dropout", attention_dropout)
         self.activation = activation
-        keras.activations.get(activation)  # fail at construction on an unknown activation
+        check_activation("activation", activation)  # fail at construction, not at build
         self.norm_first = bool(norm_first)
         if not isinstance(layer_norm_epsilon, (int, float)) or layer_norm_epsilon <= 0:
             raise ValueError(
@@ -58,6 +65,32 @@ class TransformerBlockBase(keras.layers.Layer):
         if not self.norm_first:
             x = norm(x)
         return x, tuple(extras)
+
+    @staticmethod
+    def check_padding_mask(name, mask, batch, length):
+        """`mask` (or None) must be `(batch, length)`; ValueError naming `name` otherwise."""
+        if mask is None:
+            return
+        shape = tuple(mask.shape)
+        if len(shape) != 2:
+            raise ValueError(
+                f"`{name}` must have rank 2 (batch, length); received shape {shape}."
+            )
+        check_dims(name, shape, (batch, length), "(batch, length)")
+
+    def _check_inputs(self, x, **arguments):
+        """Check `call`'s inputs (by argument name); blocks extend this."""
+
+    def compute_output_spec(self, *args, **kwargs):
+        # With `compute_output_shape` defined, Keras does not trace `call` for symbolic inputs,
+        # so the input checks run here, matched to `call`'s arguments by name.
+        try:
+            arguments = inspect.signature(self.call).bind_partial(*args, **kwargs).arguments
+        except TypeError:  # a subclass with another `call` signature: its own `call` checks
+            arguments = {}
+        if "x" in arguments:
+            self._check_inputs(**arguments)
+        return super().compute_output_spec(*args, **kwargs)
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return input_shape

@@ -39,7 +39,7 @@ class DecoderBlock(TransformerBlockBase):
             `encoder_outputs`.
         use_causal_mask: forbid attending to later positions (True for language models).
         cache: `(batch, 2, num_heads, max_length, head_dim)` self-attention keys/values.
-        cache_index: number of positions already in `cache`.
+        cache_index: number of positions already in `cache`; required with `cache`.
         cross_attention_cache: cross-attention keys/values from
             `compute_cross_attention_cache(encoder_outputs)`, so that decoding steps do not
             project the encoder output again.
@@ -64,7 +64,10 @@ class DecoderBlock(TransformerBlockBase):
 
     def build(self, x_shape, encoder_outputs_shape=None):
         input_shape = x_shape
+        check_rank("x", input_shape, 3)
         check_last_dim("x", input_shape)
+        if encoder_outputs_shape is not None:
+            check_rank("encoder_outputs", encoder_outputs_shape, 3)
         self.self_attention = MultiHeadAttention(
             self.num_heads, dropout=self.attention_dropout, dtype=self.dtype_policy, name="self_attention"
         )
@@ -108,19 +111,10 @@ class DecoderBlock(TransformerBlockBase):
         cross_attention_cache=None,
         training=None,
     ):
-        check_rank("x", x, 3)
-        if self.cross_attention and encoder_outputs is None and cross_attention_cache is None:
-            raise ValueError(
-                "This DecoderBlock has cross_attention=True: pass `encoder_outputs` (or a "
-                "`cross_attention_cache`); received encoder_outputs=None."
-            )
-        if not self.cross_attention and encoder_outputs is not None:
-            raise ValueError(
-                "This DecoderBlock has cross_attention=False but received `encoder_outputs`; "
-                "build it with cross_attention=True to attend to an encoder."
-            )
-        if encoder_outputs is not None:
-            check_rank("encoder_outputs", encoder_outputs, 3)
+        self._check_inputs(
+            x, encoder_outputs, padding_mask, encoder_padding_mask, cache, cache_index,
+            cross_attention_cache,
+        )
         if padding_mask is None and cache is None:
             padding_mask = masks.keras_mask_of(x)
         if encoder_padding_mask is None:
@@ -169,7 +163,44 @@ class DecoderBlock(TransformerBlockBase):
             return x, extras[0]
         return x
 
-    def compute_output_shape(self, x_shape, cache_shape=None):
+    def _check_inputs(
+        self, x, encoder_outputs=None, padding_mask=None, encoder_padding_mask=None, cache=None,
+        cache_index=None, cross_attention_cache=None, **unused,
+    ):
+        check_rank("x", x, 3)
+        if self.cross_attention and encoder_outputs is None and cross_attention_cache is None:
+            raise ValueError(
+                "This DecoderBlock has cross_attention=True: pass `encoder_outputs` (or a "
+                "`cross_attention_cache`); received encoder_outputs=None."
+            )
+        if not self.cross_attention and encoder_outputs is not None:
+            raise ValueError(
+                "This DecoderBlock has cross_attention=False but received `encoder_outputs`; "
+                "build it with cross_attention=True to attend to an encoder."
+            )
+        if encoder_outputs is not None:
+            check_rank("encoder_outputs", encoder_outputs, 3)
+        if cache is not None and cache_index is None:
+            # Without an index, attention would read the cache as precomputed keys/values.
+            raise ValueError(
+                "A self-attention `cache` needs `cache_index` (the number of positions already "
+                "in the cache); received cache_index=None."
+            )
+        if padding_mask is not None:
+            # Without a cache the mask covers x; with one it covers the cache positions.
+            length = x.shape[1] if cache is None else cache.shape[3]
+            self.check_padding_mask("padding_mask", padding_mask, x.shape[0], length)
+        if encoder_padding_mask is not None:
+            encoder_length = None
+            if encoder_outputs is not None:
+                encoder_length = encoder_outputs.shape[1]
+            elif cross_attention_cache is not None:
+                encoder_length = cross_attention_cache.shape[3]
+            self.check_padding_mask(
+                "encoder_padding_mask", encoder_padding_mask, x.shape[0], encoder_length
+            )
+
+    def compute_output_shape(self, x_shape, encoder_outputs_shape=None, cache_shape=None):
         return tuple(x_shape) if cache_shape is None else (tuple(x_shape), tuple(cache_shape))
 
     def get_config(self):

@@ -43,6 +43,7 @@ class EncoderBlock(TransformerBlockBase):
     """
 
     def build(self, input_shape):
+        check_rank("x", input_shape, 3)
         check_last_dim("x", input_shape)
         self.self_attention = MultiHeadAttention(
             self.num_heads, dropout=self.attention_dropout, dtype=self.dtype_policy, name="self_attention"
@@ -61,7 +62,7 @@ class EncoderBlock(TransformerBlockBase):
         self.built = True
 
     def call(self, x, padding_mask=None, attention_mask=None, training=None):
-        check_rank("x", x, 3)
+        self._check_inputs(x, padding_mask, attention_mask)
         if padding_mask is None:
             padding_mask = masks.keras_mask_of(x)
         mask = masks.merge_masks(padding_mask=padding_mask, attention_mask=attention_mask)
@@ -80,3 +81,9 @@ class EncoderBlock(TransformerBlockBase):
             training,
         )
         return x
+
+    def _check_inputs(self, x, padding_mask=None, attention_mask=None, **unused):
+        check_rank("x", x, 3)
+        self.check_padding_mask("padding_mask", padding_mask, x.shape[0], x.shape[1])
+        if attention_mask is not None:
+            MultiHeadAttention._check_mask_shape(attention_mask, x, x.shape[1])

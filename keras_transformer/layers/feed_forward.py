@@ -3,7 +3,13 @@
 import keras
 from keras import ops
 
-from keras_transformer.layers._validation import check_last_dim, check_positive_int, check_rank, check_rate
+from keras_transformer.layers._validation import (
+    check_activation,
+    check_last_dim,
+    check_positive_int,
+    check_rank,
+    check_rate,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -32,17 +38,13 @@ class FeedForward(keras.layers.Layer):
     def __init__(self, d_ff, activation="relu", dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.d_ff = check_positive_int("d_ff", d_ff)
-        try:
-            self._activation_fn = keras.activations.get(activation)
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                f"`activation` must be a Keras activation; received activation={activation!r}."
-            ) from error
+        self._activation_fn = check_activation("activation", activation)
         self.activation = activation
         self.dropout = check_rate("dropout", dropout)
         self.supports_masking = True
 
     def build(self, input_shape):
+        check_rank("inputs", input_shape, (2, 3))
         d_model = check_last_dim("inputs", input_shape)
         self.inner_kernel = self.add_weight(name="inner_kernel", shape=(d_model, self.d_ff), initializer="glorot_uniform")
         self.inner_bias = self.add_weight(name="inner_bias", shape=(self.d_ff,), initializer="zeros")

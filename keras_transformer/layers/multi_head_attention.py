@@ -7,6 +7,9 @@ from keras import ops
 
 from keras_transformer.layers import masks
 from keras_transformer.layers._validation import (
+    check_dims,
+    check_float,
+    check_width,
     check_last_dim,
     check_positive_int,
     check_rank,
@@ -49,6 +52,9 @@ class MultiHeadAttention(keras.layers.Layer):
             it the cache is used as is (precomputed cross-attention keys/values, see
             `compute_key_value_cache`).
         cache_index: number of positions already in the cache (int or scalar tensor).
+            Like every float input, the cache is cast to the layer's compute dtype, so under
+            `mixed_float16` a float32 cache comes back as float16: keep caches in the compute
+            dtype (e.g. inside a `tf.while_loop`).
         return_attention_scores: also return the `(batch, num_heads, query_length,
             key_length)` attention probabilities.
         training: whether dropout is active.
@@ -75,6 +81,9 @@ class MultiHeadAttention(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, query_shape, value_shape=None, key_shape=None):
+        for name, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
+            if shape is not None:
+                check_rank(name, shape, 3)
         d_model = check_last_dim("query", query_shape)
         if self.key_dim is None and d_model % self.num_heads:
             raise ValueError(
@@ -122,6 +131,9 @@ class MultiHeadAttention(keras.layers.Layer):
         """
         if not self.built:
             self.build((None, None, value.shape[-1]), value.shape, None if key is None else key.shape)
+        # Called outside `__call__`, so no autocast: project in the compute dtype ourselves.
+        value = ops.cast(value, self.compute_dtype)
+        key = None if key is None else ops.cast(key, self.compute_dtype)
         if key is None:
             keys, values = self._project(
                 value, [self.key_kernel, self.value_kernel], [self.key_bias, self.value_bias]
@@ -149,13 +161,17 @@ class MultiHeadAttention(keras.layers.Layer):
         key_mask=None,
     ):
         check_rank("query", query, 3)
+        check_float("query", query)
+        check_width("query", query, self.query_kernel.shape[0])
         for name, tensor in (("value", value), ("key", key)):
             if tensor is not None:
                 check_rank(name, tensor, 3)
         if cache_index is not None and cache is None:
             raise ValueError("`cache_index` was given without a `cache`; pass both or neither.")
         if cache is not None:
-            check_rank("cache", cache, 5)
+            self._check_cache(cache)
+        if key is not None and value is not None:
+            check_dims("key", key.shape[:2], value.shape[:2], "(batch, key_length) of `value`")
 
         self_attention = value is None
         if self_attention:
@@ -168,7 +184,8 @@ class MultiHeadAttention(keras.layers.Layer):
         if cache is not None and cache_index is None:
             # Precomputed keys/values (cross-attention): no projection, no update.
             (queries,) = self._project(query, [self.query_kernel], [self.query_bias])
-            keys, values = cache[:, 0], cache[:, 1]
+            keys = ops.cast(cache[:, 0], queries.dtype)
+            values = ops.cast(cache[:, 1], queries.dtype)
         elif self_attention:
             queries, keys, values = self._project(
                 query,
@@ -203,12 +220,16 @@ class MultiHeadAttention(keras.layers.Layer):
             outputs += (cache,)
         return outputs[0] if len(outputs) == 1 else outputs
 
+    def _check_cache(self, cache):
+        check_rank("cache", cache, 5)
+        expected = (None, 2, self.num_heads, None, self.head_dim)
+        check_dims("cache", cache.shape, expected, "(batch, 2, num_heads, max_length, head_dim)")
+
     def _attention_mask(self, query, keys, attention_mask, use_causal_mask, cache, cache_index, key_mask):
         """Merge the explicit, Keras, causal and cache-fill masks into `(batch|1, T, S)`."""
         query_length = ops.shape(query)[1]
         key_length = ops.shape(keys)[2] if cache is None else ops.shape(cache)[3]
         if attention_mask is not None:
-            check_rank("attention_mask", attention_mask, (2, 3))
             self._check_mask_shape(attention_mask, query, key_length)
         elif key_mask is not None and cache is None:
             attention_mask = ops.expand_dims(ops.cast(key_mask, "bool"), 1)
@@ -225,14 +246,16 @@ class MultiHeadAttention(keras.layers.Layer):
         return masks.merge_masks(attention_mask=attention_mask, causal=causal)
 
     @staticmethod
-    def _check_mask_shape(attention_mask, query, key_length):
+    def _check_mask_shape(attention_mask, query, key_length, name="attention_mask"):
+        """`attention_mask` must have rank 2 or 3 and broadcast to `(batch, T, key_length)`."""
+        check_rank(name, attention_mask, (2, 3))
         expected = (query.shape[0], query.shape[1], key_length)
         got = tuple(attention_mask.shape)
         got = (1,) * (3 - len(got)) + got
         for have, want in zip(got, expected):
             if isinstance(have, int) and isinstance(want, int) and have not in (1, want):
                 raise ValueError(
-                    "`attention_mask` must broadcast to (batch, query_length, key_length) = "
+                    f"`{name}` must broadcast to (batch, query_length, key_length) = "
                     f"{expected}; received shape {tuple(attention_mask.shape)}."
                 )
 
@@ -258,13 +281,32 @@ class MultiHeadAttention(keras.layers.Layer):
             return tuple(query_shape), tuple(cache_shape)
         return tuple(query_shape)
 
-    def compute_output_spec(self, query, value=None, key=None, cache=None, return_attention_scores=False, **kwargs):
+    def compute_output_spec(
+        self,
+        query,
+        value=None,
+        key=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        cache=None,
+        cache_index=None,
+        return_attention_scores=False,
+        **kwargs,
+    ):
+        # Mirrors `call`'s signature, so that arguments passed by position land in the same place.
+        # Keras does not trace `call` for symbolic inputs, so the input checks are repeated here.
+        for name, tensor in (("query", query), ("value", value), ("key", key)):
+            if tensor is not None:
+                check_rank(name, tensor, 3)
+        key_length = (value if value is not None else query).shape[1]
+        if cache is not None:
+            self._check_cache(cache)
+            key_length = cache.shape[3]
+        if attention_mask is not None:
+            self._check_mask_shape(attention_mask, query, key_length)
         output = keras.KerasTensor(query.shape, dtype=self.compute_dtype)
         outputs = (output,)
         if return_attention_scores:
-            key_length = (value if value is not None else query).shape[1]
-            if cache is not None:
-                key_length = cache.shape[3]
             shape = (query.shape[0], self.num_heads, query.shape[1], key_length)
             outputs += (keras.KerasTensor(shape, dtype=self.compute_dtype),)
         if cache is not None:

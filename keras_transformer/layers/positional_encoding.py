@@ -56,6 +56,7 @@ class PositionalEncoding(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, input_shape):
+        check_rank("inputs", input_shape, 3)
         width = check_last_dim("inputs", input_shape)
         self._width = width
         if self.mode == "learned":
@@ -67,8 +68,11 @@ class PositionalEncoding(keras.layers.Layer):
         self.built = True
 
     def _check_length(self, length, start_index):
-        if self.mode != "learned" or not isinstance(length, int) or not isinstance(start_index, int):
+        if self.mode != "learned":
             return
+        length, start_index = _static_int(length), _static_int(start_index)
+        if length is None or start_index is None:
+            return  # symbolic (graph mode): the table slice itself fails past max_length
         if start_index + length > self.max_length:
             raise ValueError(
                 f"Learned positional encoding covers {self.max_length} positions (max_length="
@@ -91,6 +95,12 @@ class PositionalEncoding(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def compute_output_spec(self, inputs, start_index=0, **kwargs):
+        # Keras does not trace `call` for symbolic inputs: check a known length here too.
+        check_rank("inputs", inputs, 3)
+        self._check_length(inputs.shape[1], start_index)
+        return super().compute_output_spec(inputs, start_index=start_index, **kwargs)
+
     def compute_mask(self, inputs, mask=None):
         return mask
 
@@ -100,6 +110,16 @@ class PositionalEncoding(keras.layers.Layer):
             mode=self.mode, max_length=self.max_length, max_wavelength=self.max_wavelength
         )
         return config
+
+
+def _static_int(value):
+    """`value` as a Python int when it is known now (int or eager scalar), else None."""
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value)
+    except Exception:  # noqa: BLE001 - each backend raises its own type for symbolic tensors
+        return None  # a symbolic tensor inside tf.function / a functional model
 
 
 def sinusoidal_encoding(length, width, start_index=0, max_wavelength=10000):

@@ -5,7 +5,9 @@ import math
 import keras
 from keras import ops
 
-from keras_transformer.layers._validation import check_choice, check_positive_int, check_rank, check_rate
+from keras_transformer.layers._validation import (
+    check_choice, check_positive_int, check_rank, check_rate, check_token_ids,
+)
 from keras_transformer.layers.positional_encoding import PositionalEncoding
 
 
@@ -65,8 +67,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         self.mask_zero = bool(mask_zero)
         self.dropout = check_rate("dropout", dropout)
         self.supports_masking = True
-
-    def build(self, input_shape=None):
+        # Sub-layers exist from construction (so `token_embedding` can be reached, e.g. to share
+        # it, before the first call); `build` creates their weights.
         self.token_embedding = keras.layers.Embedding(
             self.vocab_size,
             self.d_model,
@@ -74,15 +76,17 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="token_embedding",
         )
-        self.token_embedding.build((None, None))
         self.position_encoding = PositionalEncoding(
             mode=self.positional,
             max_length=self.max_length,
             dtype=self.dtype_policy,
             name="position_encoding",
         )
-        self.position_encoding.build((None, None, self.d_model))
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.token_embedding.build((None, None))
+        self.position_encoding.build((None, None, self.d_model))
         self.built = True
 
     @property
@@ -95,6 +99,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             check_rank("inputs", inputs, 3)
             return ops.matmul(inputs, ops.transpose(ops.cast(self.embeddings, inputs.dtype)))
         check_rank("inputs", inputs, 2)
+        check_token_ids("inputs", inputs, self.vocab_size)
         x = self.token_embedding(inputs)
         if self.scale:
             x = x * ops.cast(math.sqrt(self.d_model), x.dtype)
@@ -112,6 +117,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     def compute_output_spec(self, inputs, start_index=0, reverse=False, training=None):
         if reverse:
             return keras.KerasTensor(tuple(inputs.shape[:-1]) + (self.vocab_size,), dtype=self.compute_dtype)
+        check_rank("inputs", inputs, 2)
+        self.position_encoding._check_length(inputs.shape[1], start_index)  # known lengths only
         return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype=self.compute_dtype)
 
     def get_config(self):
