@@ -2,6 +2,21 @@
 
 __version__ = "0.1.0"
 
-from keras_transformer import layers  # noqa: E402
+from keras_transformer import generation, layers, models, presets, training  # noqa: E402
+from keras_transformer.models import (  # noqa: E402
+    DecoderOnlyTransformer,
+    EncoderDecoderTransformer,
+    EncoderOnlyTransformer,
+)
 
-__all__ = ["layers", "__version__"]
+__all__ = [
+    "DecoderOnlyTransformer",
+    "EncoderDecoderTransformer",
+    "EncoderOnlyTransformer",
+    "__version__",
+    "generation",
+    "layers",
+    "models",
+    "presets",
+    "training",
+]

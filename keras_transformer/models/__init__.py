@@ -1,0 +1,7 @@
+"""Transformer models: functional `keras.Model` subclasses built from `keras_transformer.layers`."""
+
+from keras_transformer.models.decoder_only import DecoderOnlyTransformer
+from keras_transformer.models.encoder_decoder import EncoderDecoderTransformer
+from keras_transformer.models.encoder_only import EncoderOnlyTransformer
+
+__all__ = ["DecoderOnlyTransformer", "EncoderDecoderTransformer", "EncoderOnlyTransformer"]
