@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 
+from keras_transformer.saving import fsync_directory, fsync_path
+
 TWO_GIB = 2 * 1024**3
 
 
@@ -20,26 +22,6 @@ def check_target(path, overwrite):
         raise FileExistsError(
             f"Export target {os.fspath(path)!r} already exists; pass overwrite=True (--overwrite) to replace it."
         )
-
-
-def _fsync_tree(root):
-    paths = [root] if os.path.isfile(root) else [
-        os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names
-    ]
-    for path in paths:
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-
-
-def _fsync_directory(path):
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory descriptors
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _replace(source, target, overwrite):
@@ -105,12 +87,12 @@ def atomic_output(targets, overwrite=False):
         yield paths
         produced = [target for target in targets if os.path.lexists(paths[target])]
         for target in produced:
-            _fsync_tree(paths[target])
+            fsync_path(paths[target])
             _replace(paths[target], target, overwrite)
         for target in set(targets) - set(produced):  # e.g. an old model.onnx.data the new export lacks
             if os.path.lexists(target):
                 _remove(target)
-        _fsync_directory(parent)
+        fsync_directory(parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from keras_transformer import generation, layers, models, presets, training  # noqa: E402
+from keras_transformer import callbacks, generation, layers, models, presets, saving, training  # noqa: E402
 from keras_transformer.models import (  # noqa: E402
     DecoderOnlyTransformer,
     EncoderDecoderTransformer,
@@ -14,9 +14,11 @@ __all__ = [
     "EncoderDecoderTransformer",
     "EncoderOnlyTransformer",
     "__version__",
+    "callbacks",
     "generation",
     "layers",
     "models",
     "presets",
+    "saving",
     "training",
 ]

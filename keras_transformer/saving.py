@@ -118,7 +118,7 @@ def load_model(path, safe_mode=True, custom_objects=None, compile=True):
         raise
 
 
-def _fsync_path(path):
+def fsync_path(path):
     """fsync a file, or every file under a directory, then the directory entries themselves."""
     files = [path] if os.path.isfile(path) else [
         os.path.join(folder, name) for folder, _, names in os.walk(path) for name in names
@@ -157,7 +157,7 @@ def atomic_directory(target):
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(target)}.tmp-")
     try:
         yield staging
-        _fsync_path(staging)
+        fsync_path(staging)
         if os.path.isdir(target):
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -188,7 +188,7 @@ def save_model(model, path, overwrite=True):
     os.close(handle)
     try:
         model.save(staging, overwrite=True)
-        _fsync_path(staging)
+        fsync_path(staging)
         os.replace(staging, path)
         fsync_directory(parent)
     finally:

@@ -66,7 +66,7 @@ class _Hang(keras.callbacks.Callback):
 
 def _hang_in_backup(epoch):
     """Sleep inside `atomic_directory`, after the files are written, before the rename."""
-    original, calls = saving._fsync_path, []
+    original, calls = saving.fsync_path, []
 
     def hanging(path):
         calls.append(path)
@@ -75,7 +75,7 @@ def _hang_in_backup(epoch):
             time.sleep(600)
         return original(path)
 
-    saving._fsync_path = hanging
+    saving.fsync_path = hanging
 
 
 def main():
