@@ -186,9 +186,6 @@ def _cast(name, array, dtype):
     )
 
 
-from export.decoding import OnnxGenerator, generate  # noqa: E402,F401  (generation: export.decoding)
-
-
 def __getattr__(name):
     """`generate` / `OnnxGenerator` (text generation, `export.decoding`) load on first use."""
     if name in ("generate", "OnnxGenerator"):

@@ -1,0 +1,143 @@
+"""ONNX emitters for EncoderBlock and DecoderBlock, composed from the layer emitters.
+
+The residual path is a `ResidualStream`: a sub-layer's output and its last bias are kept
+pending until the next LayerNorm, which then becomes one `SkipLayerNormalization`
+(`LN(x + y + b)`, and for pre-norm blocks also the sum `x + y + b` carried on as the next
+residual). The portable form writes the same arithmetic with Add and LayerNormalization.
+"""
+
+import numpy as np
+
+from export.native.layers import (
+    attention_kernels,
+    emit_attention,
+    emit_feed_forward,
+    emit_layer_norm,
+    emit_skip_layer_norm,
+)
+
+
+class ResidualStream:
+    """The running hidden state `x` of a stack of blocks, with a pending `x + y + b`."""
+
+    def __init__(self, g, x, fused):
+        self.g, self.x, self.fused = g, x, fused
+        self.pending = None
+
+    def add(self, y, bias):
+        """Queue `x + y (+ bias)`; emitted by the next `norm` or `value`."""
+        if self.pending is not None:
+            self.value()
+        self.pending = (y, bias)
+
+    def value(self):
+        """The current hidden state (materializing a pending sum with Add nodes)."""
+        if self.pending is not None:
+            y, bias = self.pending
+            self.pending = None
+            if bias is not None:
+                y = self.g.op("Add", y, bias, name="bias")
+            self.x = self.g.op("Add", self.x, y, name="residual")
+        return self.x
+
+    def norm(self, layer, replace):
+        """LayerNorm of the current state with Keras `layer`'s weights.
+
+        Args:
+            replace: post-norm: the normalized value becomes the state (`x = LN(x + y)`);
+                pre-norm: the state stays the un-normalized sum and the normalized value is
+                only returned (the input of the next sub-layer).
+        """
+        with self.g.scoped(layer.name):
+            if self.pending is not None and self.fused:
+                (y, bias), self.pending = self.pending, None
+                if replace:
+                    normed = emit_skip_layer_norm(self.g, layer, self.x, y, bias)
+                else:
+                    normed, self.x = emit_skip_layer_norm(self.g, layer, self.x, y, bias, with_sum=True)
+            else:
+                normed = emit_layer_norm(self.g, layer, self.value())
+        if replace:
+            self.x = normed
+        return normed
+
+
+def _sublayer(stream, block, norm, run):
+    """One residual sub-layer: `run(h) -> (y, bias, *extras)`; returns the extras."""
+    if block.norm_first:
+        y, bias, *extras = run(stream.norm(norm, replace=False))
+        stream.add(y, bias)
+    else:
+        y, bias, *extras = run(stream.value())
+        stream.add(y, bias)
+        stream.norm(norm, replace=True)
+    return extras
+
+
+def _feed_forward(g, stream, block, fused):
+    def run(h):
+        with g.scoped("feed_forward"):
+            return emit_feed_forward(g, block.feed_forward, h, fused=fused)
+
+    _sublayer(stream, block, block.feed_forward_norm, run)
+
+
+def emit_encoder_block(g, block, stream, kind, masks):
+    """EncoderBlock at inference on `stream`; `masks` are the `emit_attention` mask arguments."""
+    with g.scoped(block.name):
+
+        def attend(h):
+            with g.scoped("self_attention"):
+                return emit_attention(g, block.self_attention, h, kind=kind, **masks)
+
+        _sublayer(stream, block, block.self_attention_norm, attend)
+        _feed_forward(g, stream, block, stream.fused)
+
+
+def emit_decoder_block(g, block, stream, kind, self_masks, memory=None, cross_masks=None, past=None,
+                       memory_is_projected=False):
+    """DecoderBlock at inference on `stream`.
+
+    Args:
+        self_masks, cross_masks: `emit_attention` mask arguments of the two attentions.
+        memory: encoder output `(B, S, d)`, or with `memory_is_projected` the cross-attention
+            `(keys, values)` computed once per input.
+        past: `(past_key, past_value)` of the self-attention; the block then returns
+            `(present_key, present_value)`.
+    """
+    with g.scoped(block.name):
+
+        def self_attend(h):
+            with g.scoped("self_attention"):
+                return emit_attention(g, block.self_attention, h, kind=kind, past=past, **self_masks)
+
+        present = _sublayer(stream, block, block.self_attention_norm, self_attend)
+        if block.cross_attention:
+
+            def cross_attend(h):
+                with g.scoped("cross_attention"):
+                    return emit_attention(
+                        g, block.cross_attention_layer, h, kind=kind, memory=memory,
+                        memory_is_projected=memory_is_projected, **(cross_masks or {}),
+                    )
+
+            _sublayer(stream, block, block.cross_attention_norm, cross_attend)
+        _feed_forward(g, stream, block, stream.fused)
+    return tuple(present) if past is not None else None
+
+
+def emit_cross_attention_cache(g, block, memory):
+    """The block's cross-attention keys and values, `(B, h, S, d_k)` each, bias included."""
+    layer = block.cross_attention_layer
+    heads, head_dim = layer.num_heads, layer.head_dim
+    with g.scoped(block.name), g.scoped("cross_attention"):
+        kernel, bias = attention_kernels(layer, ("key", "value"))
+        kv = g.op("MatMul", memory, g.weight("kv_kernel", kernel), name="kv_MatMul")
+        if bias is not None:
+            kv = g.op("Add", kv, g.weight("kv_bias", bias), name="kv_Add")
+        # (B, S, 2*h*dk) -> (B, S, 2, h, dk) -> (2, B, h, S, dk), split into keys and values.
+        kv = g.op("Reshape", kv, g.constant(np.array([0, 0, 2, heads, head_dim])))
+        kv = g.op("Transpose", kv, perm=[2, 0, 3, 1, 4])
+        keys, values = g.op("Split", kv, g.constant([1, 1]), axis=0, outputs=2)
+        squeeze = g.constant([0])
+        return g.op("Squeeze", keys, squeeze), g.op("Squeeze", values, squeeze)

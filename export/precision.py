@@ -1,0 +1,175 @@
+"""Reduced-precision ONNX graphs: float16 weights and compute (GPU), int8 dynamic quantization (CPU).
+
+Both start from a float32 `onnx.ModelProto` (native or traced) and use onnxruntime's own tools:
+
+* `"fp16"`: `onnxruntime.transformers.float16.convert_float_to_float16` with float32 inputs and
+  outputs kept (`keep_io_types=True`). The positional-encoding angles and the sine/cosine stay
+  in float32 (positions beyond 2048 are not even representable as float16 integers), as do
+  softmax and the index/arange ops; onnxruntime's LayerNormalization accumulates in float32
+  (`stash_type=1`) and its fused attention runs its softmax in float32. float16 kernels exist on
+  CPU for the ops the native graph uses, so the result validates on CPU; on a GPU
+  (onnxruntime-gpu) it runs on CUDA with CPU fallback for any missing kernel.
+* `"int8"`: `onnxruntime.quantization.quantize_dynamic`: the weights of MatMul and of the fused
+  com.microsoft Attention (its Q/K/V projection) become int8 (per output channel) and
+  activations are quantized on the fly, for the CPU. A `Transpose` of a weight (the
+  tied vocabulary projection of the native graph) is folded into a transposed weight first, so
+  that the vocabulary MatMul, about 40% of the work, is quantized too.
+
+Example:
+>>> fp16_proto = convert(proto, "fp16")  # doctest: +SKIP
+"""
+
+import os
+import tempfile
+
+import numpy as np
+from onnx import numpy_helper
+
+PRECISIONS = ("fp16", "int8")
+
+# Op types kept in float32 by the fp16 conversion (besides onnxruntime's default list).
+FP16_OP_BLOCK_LIST = ["Softmax", "Sin", "Cos", "Range"]
+# Node-name suffixes kept in float32: the sinusoid positions and angles of the native graph.
+FP16_NODE_SUFFIXES = ("/positions_float", "/positions_column", "/angles")
+
+
+def convert(model_proto, precision):
+    """Return a copy of `model_proto` in `precision` (`"fp16"` or `"int8"`).
+
+    Args:
+        model_proto: a float32 `onnx.ModelProto`.
+        precision: `"fp16"` or `"int8"` (None / `"fp32"` return the model unchanged).
+
+    Returns:
+        A new `onnx.ModelProto`; inputs and outputs keep their names and float32 types.
+    """
+    if precision in (None, "fp32"):
+        return model_proto
+    if precision == "fp16":
+        return to_float16(model_proto)
+    if precision == "int8":
+        return to_int8(model_proto)
+    raise ValueError(f"`precision` must be one of {[None, 'fp32', *PRECISIONS]}; received precision={precision!r}.")
+
+
+def to_float16(model_proto):
+    """float16 weights and compute with float32 inputs/outputs (see the module docstring)."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    kept = [node.name for node in model_proto.graph.node if node.name.endswith(FP16_NODE_SUFFIXES)]
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    converted = convert_float_to_float16(
+        _copy(model_proto), keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_OP_BLOCK_LIST,
+        node_block_list=kept,
+    )
+    _remove_float16_round_trips(converted)
+    OnnxModel(converted).topological_sort()  # the converter appends its Cast nodes at the end
+    _copy_metadata(model_proto, converted, "fp16")
+    return converted
+
+
+def _cast_to(node):
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
+def _remove_float16_round_trips(model_proto):
+    """Drop the float32 -> float16 -> float32 Cast pairs the converter puts between two nodes that
+    are both kept in float32 (they would round the positional-encoding angles to float16)."""
+    from onnx import TensorProto
+
+    graph = model_proto.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    rename = {}
+    for node in graph.node:
+        source = producers.get(node.input[0]) if node.op_type == "Cast" else None
+        if (source is not None and source.op_type == "Cast" and _cast_to(node) == TensorProto.FLOAT
+                and _cast_to(source) == TensorProto.FLOAT16):
+            rename[node.output[0]] = source.input[0]
+    nodes, seen = [], set()
+    for node in graph.node:
+        if node.output[0] in rename or node.output[0] in seen:
+            continue  # a dropped round trip, or a duplicate the converter emitted twice
+        seen.update(node.output)
+        for i, name in enumerate(node.input):
+            node.input[i] = rename.get(name, name)
+        nodes.append(node)
+    while True:  # the float16 halves of the round trips are now unused
+        used = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+        alive = [n for n in nodes if n.op_type != "Cast" or any(o in used for o in n.output)]
+        if len(alive) == len(nodes):
+            break
+        nodes = alive
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def to_int8(model_proto):
+    """Dynamic int8 quantization of the MatMuls with constant weights (see the module docstring)."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folded = fold_weight_transposes(_copy(model_proto))
+    root_logger = logging.getLogger()
+    was_disabled = root_logger.disabled
+    root_logger.disabled = True  # quantize_dynamic warns "consider pre-processing" on the root logger
+    try:
+        with tempfile.TemporaryDirectory(prefix="kt-int8-") as folder:
+            output = os.path.join(folder, "model.int8.onnx")
+            quantize_dynamic(
+                folded, output, op_types_to_quantize=["MatMul", "Attention"], per_channel=True,
+                # 7-bit weights: the u8 x s8 kernels of CPUs without VNNI saturate their 16-bit
+                # intermediate sums with full-range weights (max |diff| 10x larger, measured).
+                reduce_range=True, weight_type=QuantType.QInt8,
+                # The fused attention is a com.microsoft op that onnx shape inference cannot type.
+                extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+            quantized = onnx.load(output)
+    finally:
+        root_logger.disabled = was_disabled
+    _copy_metadata(model_proto, quantized, "int8")
+    return quantized
+
+
+def fold_weight_transposes(model_proto):
+    """Replace each `Transpose` of an initializer by a transposed initializer (in place).
+
+    The original initializer is kept when other nodes still read it (e.g. the embedding Gather).
+    """
+    graph = model_proto.graph
+    initializers = {t.name: t for t in graph.initializer}
+    kept_nodes = []
+    for node in graph.node:
+        if node.op_type == "Transpose" and node.input[0] in initializers:
+            array = numpy_helper.to_array(initializers[node.input[0]])
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            transposed = np.ascontiguousarray(np.transpose(array, perm))
+            graph.initializer.append(numpy_helper.from_array(transposed, node.output[0]))
+            continue
+        kept_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    return model_proto
+
+
+def _copy(model_proto):
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model_proto)
+    return copy
+
+
+def _copy_metadata(source, target, precision):
+    present = {p.key for p in target.metadata_props}
+    for prop in source.metadata_props:
+        if prop.key not in present:
+            target.metadata_props.add(key=prop.key, value=prop.value)
+    if "keras_transformer.precision" not in present:
+        target.metadata_props.add(key="keras_transformer.precision", value=precision)
