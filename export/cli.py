@@ -42,8 +42,6 @@ def build_parser():
 
 
 def _load_model(path, imports):
-    import keras_transformer  # noqa: F401 - registers the library's layers and models
-
     for module in ["keras_transformer.models", *imports]:
         importlib.import_module(module)
     from keras_transformer.saving import load_model  # clear errors for corrupt/truncated files

@@ -11,8 +11,8 @@ Write the graphs with `export.native.save_generation_graphs(model, folder)` (dec
   num_beams=1, length_penalty=0.6, temperature=0.0, top_k=None, top_p=None, seed=None)`: greedy,
   sampled (`temperature > 0`, `num_beams=1`) or beam search.
 
-The decoding loop is the one of `keras_transformer.generation` (see `export.native.search`), so
-greedy tokens equal Keras's token for token. The cache of each step lives in numpy between
+The decoding loop is the one the Keras models run (`keras_transformer.search`), so greedy
+tokens equal Keras's token for token. The cache of each step lives in numpy between
 steps; prompts are prefilled in one run, then one run per new token.
 
 Example:
@@ -26,7 +26,7 @@ import os
 import numpy as np
 import onnxruntime
 
-from export.native import search
+from keras_transformer import search  # numpy only: loads no Keras/TensorFlow
 
 GENERATION_METADATA_KEY = "keras_transformer.generation"
 _DECODER_ONLY_FILE = "decoder_with_past.onnx"
@@ -95,48 +95,35 @@ class _CachedSession:
 
 
 class DecoderOnlyStepper:
-    """Stepper (see `export.native.search`) over `decoder_with_past.onnx`."""
+    """Stepper (see `keras_transformer.search`) over `decoder_with_past.onnx`."""
 
     def __init__(self, cached_session):
         self.graph = cached_session
 
-    def start(self, prefix, total_length):
+    def reset(self, batch, total_length):
         del total_length  # the cache grows by concatenation; nothing is preallocated
-        self.graph.reset(prefix.shape[0])
-        return self._run(prefix)
+        self.graph.reset(batch)
 
-    def advance(self, tokens, index):
-        return self._run(tokens[:, index : index + 1])
+    def step(self, new_tokens, index):
+        del index  # the graph places new tokens after its cached length
+        mask = np.ones((new_tokens.shape[0], self.graph.cached_length + new_tokens.shape[1]), np.int32)
+        return self.graph.run({"token_ids": new_tokens.astype(np.int32), "attention_mask": mask})
 
     def reorder(self, rows):
         self.graph.reorder(rows)
 
-    def _run(self, tokens):
-        mask = np.ones((tokens.shape[0], self.graph.cached_length + tokens.shape[1]), np.int32)
-        return self.graph.run({"token_ids": tokens.astype(np.int32), "attention_mask": mask})
 
-
-class EncoderDecoderStepper:
+class EncoderDecoderStepper(DecoderOnlyStepper):
     """Stepper over `decoder.onnx`; the cross-attention keys/values come from one encoder run."""
 
     def __init__(self, encoder_session, cached_session, sources):
-        self.graph = cached_session
+        super().__init__(cached_session)
         names = [o.name for o in encoder_session.get_outputs()]
         self.encoded = dict(zip(names, encoder_session.run(names, {"encoder_token_ids": sources})))
 
-    def start(self, prefix, total_length):
-        del total_length
-        self.graph.reset(prefix.shape[0])
-        return self._run(prefix)
-
-    def advance(self, tokens, index):
-        return self._run(tokens[:, index : index + 1])
-
-    def reorder(self, rows):
-        self.graph.reorder(rows)
-
-    def _run(self, tokens):
-        return self.graph.run(dict(self.encoded, decoder_token_ids=tokens.astype(np.int32)))
+    def step(self, new_tokens, index):
+        del index
+        return self.graph.run(dict(self.encoded, decoder_token_ids=new_tokens.astype(np.int32)))
 
 
 class OnnxGenerator:
@@ -200,7 +187,8 @@ class OnnxGenerator:
     def _generate_translation(self, encoder_token_ids, max_length, start_id, end_id, num_beams=1,
                               length_penalty=0.6, temperature=0.0, top_k=None, top_p=None, seed=None):
         meta = self.metadata
-        sources, _, single = search.prepare_prompts(encoder_token_ids, meta["vocab_size"], meta["pad_id"])
+        sources, _, single = search.prepare_prompts(encoder_token_ids, meta["vocab_size"], meta["pad_id"],
+                                                  name="encoder_token_ids")
         max_length = _check_positive_int("max_length", max_length)
         num_beams = _check_positive_int("num_beams", num_beams)
         start_id = search.check_token_id("start_id", start_id, meta["target_vocab_size"])

@@ -1,13 +1,21 @@
-"""keras-transformer-zoo: transformer layers and models for Keras 3."""
+"""keras-transformer-zoo: transformer layers and models for Keras 3.
+
+Submodules and the model classes load on first use (PEP 562), so `import keras_transformer` and
+the numpy-only `keras_transformer.search` (the decoding loops that ONNX Runtime generation
+shares) do not import Keras or TensorFlow. `from keras_transformer import layers` and
+`keras_transformer.models.DecoderOnlyTransformer` work as usual; importing `layers`, `models`
+or `training` registers their classes for `.keras` loading (`keras_transformer.saving.load_model`
+imports them all).
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from keras_transformer import callbacks, generation, layers, models, presets, saving, training  # noqa: E402
-from keras_transformer.models import (  # noqa: E402
-    DecoderOnlyTransformer,
-    EncoderDecoderTransformer,
-    EncoderOnlyTransformer,
+_SUBMODULES = (
+    "callbacks", "generation", "layers", "models", "presets", "saving", "search", "training", "visualize",
 )
+_MODEL_CLASSES = ("DecoderOnlyTransformer", "EncoderDecoderTransformer", "EncoderOnlyTransformer")
 
 __all__ = [
     "DecoderOnlyTransformer",
@@ -22,3 +30,15 @@ __all__ = [
     "saving",
     "training",
 ]
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # also sets the package attribute
+    if name in _MODEL_CLASSES:
+        return getattr(importlib.import_module(f"{__name__}.models"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES) | set(_MODEL_CLASSES))

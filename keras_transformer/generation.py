@@ -1,313 +1,74 @@
 """Autoregressive decoding for the Keras models: greedy, sampling and beam search.
 
-The decoding *loop* runs on the host in numpy; the per-token model *step* is a compiled
-function of the model (`tf.function` with a fixed signature of dynamic shapes, traced once per
-model) that reads and updates the KV cache, so each new token costs one step.
+The decoding *loop* runs on the host in numpy (`keras_transformer.search`, shared with ONNX
+Runtime generation in `export.decoding`, which therefore reproduces it token for token; the
+algorithm is documented there). This module adds the Keras side: steppers whose per-token model
+*step* is a compiled function of the model (`tf.function` with a fixed signature of dynamic
+shapes, traced once per model) that reads and updates the KV cache, so each new token costs one
+step, and a reference stepper that recomputes the whole sequence.
 
-The algorithm (ONNX generation reproduces it token for token):
-
-* Prompts are right-padded into a `(batch, P)` buffer; `lengths[i]` is row i's prompt length.
-* Prefill: the first `min(lengths)` tokens of every row go through the model at once
-  (`cache_index=0`). Then position `index = min(lengths) .. P + max_new_tokens - 1` is filled
-  one step at a time: a row whose prompt is longer than `index` takes its own prompt token
-  (teacher forcing, so every row sees exactly its own prompt at its own positions), any other
-  row takes the chosen token; the token is then fed at `cache_index=index`.
-* Greedy choice is `argmax` over the float32 logits of the last position; ties go to the
-  lowest id (numpy's first maximum).
-* A row is finished after `max_new_tokens` new tokens or after emitting `end_id`; finished rows
-  receive `pad_id`. The loop stops when every row is finished.
+Example:
+>>> model = DecoderOnlyTransformer(vocab_size=50, num_layers=1, d_model=16, num_heads=2,
+...                                d_ff=32)  # doctest: +SKIP
+>>> model.generate([[5, 6, 7], [8]], max_new_tokens=4, temperature=0.0)  # doctest: +SKIP
 """
 
 import numpy as np
 from keras import ops
 
-__all__ = [
-    "CachedStepper",
-    "FullRecomputeStepper",
-    "TokenChooser",
-    "beam_search",
-    "check_token_id",
-    "decode",
-    "gnmt_length_penalty",
-    "prepare_prompts",
-]
+from keras_transformer import search
+from keras_transformer.search import *  # noqa: F403 - re-exports the shared loop (`search.__all__`)
 
-
-# -- input checks (on the host, before anything runs) ---------------------------------------------
-
-
-def check_token_id(name, value, vocab_size, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < vocab_size:
-        raise ValueError(f"`{name}` must be a token id in [0, {vocab_size}); received {name}={value!r}.")
-    return int(value)
-
-
-def check_token_ids(name, token_ids, vocab_size):
-    """Raise a ValueError naming the first out-of-vocabulary id (ids are never clipped silently)."""
-    bad = (token_ids < 0) | (token_ids >= vocab_size)
-    if bad.any():
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"`{name}` must hold token ids in [0, vocab_size={vocab_size}); received "
-            f"{int(token_ids[row, col])} at position [{row}, {col}] "
-            f"(range of the input: {int(token_ids.min())}..{int(token_ids.max())})."
-        )
-
-
-def _as_int_array(name, token_ids):
-    try:
-        array = np.asarray(token_ids)
-    except ValueError:
-        array = None  # ragged nested lists
-    if array is not None and array.dtype != object:
-        if array.size and not np.issubdtype(array.dtype, np.integer):
-            raise TypeError(f"`{name}` must hold integer token ids; received dtype {array.dtype}.")
-        return array.astype(np.int64), None
-    rows = [np.asarray(row) for row in token_ids]
-    for row in rows:
-        if row.ndim != 1 or (row.size and not np.issubdtype(row.dtype, np.integer)):
-            raise TypeError(f"`{name}` must be a list of integer id sequences; received a row {row!r}.")
-    return None, rows
-
-
-def prepare_prompts(prompt_token_ids, vocab_size, pad_id, name="prompt_token_ids"):
-    """Normalise prompts to a right-padded `(batch, P)` int32 buffer and per-row lengths.
-
-    Accepts one prompt (1-D), a `(batch, length)` array right-padded with `pad_id` (a row's
-    length is up to its last non-pad token), or a list of lists of different lengths.
-
-    Returns:
-        `(buffer, lengths, single)` where `single` says the input was one 1-D prompt.
-    """
-    array, rows = _as_int_array(name, prompt_token_ids)
-    single = array is not None and array.ndim == 1
-    if array is not None:
-        if single:
-            array = array[None, :]
-        if array.ndim != 2:
-            raise ValueError(
-                f"`{name}` must be 1-D (one sequence) or 2-D (batch, length); received "
-                f"shape {array.shape}."
-            )
-        not_pad = array != pad_id
-        lengths = np.zeros(array.shape[0], dtype=np.int64)  # zero columns: every prompt is empty
-        if array.shape[1]:
-            lengths = np.where(not_pad.any(axis=1), array.shape[1] - np.argmax(not_pad[:, ::-1], axis=1), 0)
-        if single:
-            lengths = np.array([array.shape[1]])
-        rows = [array[i, : lengths[i]] for i in range(array.shape[0])]
-    lengths = np.array([len(row) for row in rows], dtype=np.int64)
-    if len(rows) == 0 or lengths.min() == 0:
-        raise ValueError(
-            f"Every sequence in `{name}` needs at least one token; received lengths "
-            f"{lengths.tolist()}."
-        )
-    buffer = np.full((len(rows), int(lengths.max())), pad_id, dtype=np.int64)
-    for i, row in enumerate(rows):
-        buffer[i, : len(row)] = row
-    check_token_ids(name, buffer, vocab_size)
-    return buffer.astype(np.int32), lengths, single
-
-
-# -- choosing the next token -------------------------------------------------------------------
-
-
-class TokenChooser:
-    """Greedy (`temperature=0`) or sampled choice of the next token from `(batch, vocab)` logits.
-
-    Sampling runs on the host with `numpy.random.default_rng(seed)`: temperature, then top-k,
-    then top-p (nucleus; the most likely token is always kept).
-    """
-
-    def __init__(self, temperature=1.0, top_k=None, top_p=None, seed=None):
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ValueError(f"`temperature` must be a number >= 0; received temperature={temperature!r}.")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"`top_k` must be a positive integer or None; received top_k={top_k!r}.")
-        if top_p is not None and (not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
-            raise ValueError(f"`top_p` must be in (0, 1] or None; received top_p={top_p!r}.")
-        self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, logits):
-        logits = np.asarray(logits, dtype=np.float32)
-        if self.temperature == 0.0:
-            return np.argmax(logits, axis=-1)
-        scaled = logits.astype(np.float64) / self.temperature
-        if self.top_k is not None and self.top_k < scaled.shape[-1]:
-            kth = np.sort(scaled, axis=-1)[:, -self.top_k][:, None]
-            scaled = np.where(scaled < kth, -np.inf, scaled)
-        probs = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
-        probs /= probs.sum(axis=-1, keepdims=True)
-        if self.top_p is not None and self.top_p < 1.0:
-            order = np.argsort(-probs, axis=-1, kind="stable")
-            sorted_probs = np.take_along_axis(probs, order, axis=-1)
-            # Keep a token if the mass before it is still below top_p (the first is always kept).
-            keep_sorted = (np.cumsum(sorted_probs, axis=-1) - sorted_probs) < self.top_p
-            keep = np.zeros_like(keep_sorted)
-            np.put_along_axis(keep, order, keep_sorted, axis=-1)
-            probs = np.where(keep, probs, 0.0)
-            probs /= probs.sum(axis=-1, keepdims=True)
-        return np.array([self.rng.choice(probs.shape[-1], p=row) for row in probs])
-
-
-# -- model steps -------------------------------------------------------------------------------
+__all__ = ["CachedStepper", "FullRecomputeStepper", *search.__all__]
 
 
 class CachedStepper:
-    """Feeds tokens through a compiled `step(tokens, caches, cache_index, *extra)` that returns
-    `(last_logits, caches)`; the caches stay on the device between steps."""
+    """Stepper (see `keras_transformer.search`) over a compiled step with a KV cache.
+
+    The caches stay on the device between steps; only the last position's logits come back.
+
+    Args:
+        step: `step(tokens, caches, cache_index, *extra) -> (last_logits, caches)`.
+        initial_cache: `initial_cache(batch, total_length) -> caches` (preallocated).
+        extra: further tensors passed to every step (e.g. cross-attention caches).
+    """
 
     def __init__(self, step, initial_cache, extra=()):
-        self.step, self.initial_cache, self.extra = step, initial_cache, tuple(extra)
+        self.compiled_step, self.initial_cache, self.extra = step, initial_cache, tuple(extra)
 
-    def start(self, prefix, total_length):
-        self.caches = self.initial_cache(prefix.shape[0], total_length)
-        return self._run(prefix, 0)
+    def reset(self, batch, total_length):
+        self.caches = self.initial_cache(batch, total_length)
 
-    def advance(self, tokens, index):
-        return self._run(tokens[:, index : index + 1], index)
+    def step(self, new_tokens, index):
+        logits, self.caches = self.compiled_step(
+            ops.convert_to_tensor(new_tokens, "int32"), self.caches,
+            ops.convert_to_tensor(index, "int32"), *self.extra,
+        )
+        return ops.convert_to_numpy(logits)
 
     def reorder(self, rows):
         rows = ops.convert_to_tensor(rows, "int32")
         self.caches = tuple(ops.take(cache, rows, axis=0) for cache in self.caches)
 
-    def _run(self, tokens, index):
-        logits, self.caches = self.step(
-            ops.convert_to_tensor(tokens, "int32"), self.caches,
-            ops.convert_to_tensor(index, "int32"), *self.extra,
-        )
-        return ops.convert_to_numpy(logits)
-
 
 class FullRecomputeStepper:
-    """Reference stepper without a cache: re-runs `full(tokens[:, :index + 1], *extra)`."""
+    """Reference stepper without a cache: re-runs the model on the whole sequence every step.
+
+    Args:
+        full: `full(tokens, *extra) -> (batch, vocab)` logits of the last position.
+        extra: further tensors passed to every call (e.g. the source ids).
+    """
 
     def __init__(self, full, extra=()):
         self.full, self.extra = full, tuple(extra)
 
-    def start(self, prefix, total_length):
-        return self._run(prefix)
+    def reset(self, batch, total_length):
+        del total_length
+        self.history = np.zeros((batch, 0), dtype=np.int32)
 
-    def advance(self, tokens, index):
-        return self._run(tokens[:, : index + 1])
+    def step(self, new_tokens, index):
+        self.history = np.concatenate([self.history[:, :index], new_tokens], axis=1).astype(np.int32)
+        return ops.convert_to_numpy(self.full(ops.convert_to_tensor(self.history, "int32"), *self.extra))
 
     def reorder(self, rows):
-        del rows  # the host-side token buffer is reordered by the caller; nothing is cached
-
-    def _run(self, tokens):
-        return ops.convert_to_numpy(self.full(ops.convert_to_tensor(tokens, "int32"), *self.extra))
-
-
-# -- the decoding loops ------------------------------------------------------------------------
-
-
-def decode(stepper, prompts, lengths, max_new_tokens, choose, end_id, pad_id):
-    """Greedy/sampled decoding (see the module docstring). Returns `(batch, length)` int32."""
-    batch, prompt_width = prompts.shape
-    total = prompt_width + max_new_tokens
-    tokens = np.full((batch, total), pad_id, dtype=np.int32)
-    tokens[:, :prompt_width] = prompts
-    start = int(lengths.min())
-    logits = stepper.start(tokens[:, :start], total)
-    generated = np.zeros(batch, dtype=np.int64)
-    finished = np.zeros(batch, dtype=bool)
-    index = start
-    for index in range(start, total):
-        forced = index < lengths
-        chosen = choose(logits)
-        active = ~forced & ~finished
-        tokens[:, index] = np.where(forced, tokens[:, index], np.where(active, chosen, pad_id))
-        generated += active
-        finished |= ~forced & (generated >= max_new_tokens)
-        if end_id is not None:
-            finished |= active & (chosen == end_id)
-        if finished.all() or index + 1 == total:
-            break
-        logits = stepper.advance(tokens, index)
-    return tokens[:, : index + 1]
-
-
-def gnmt_length_penalty(length, alpha):
-    """GNMT length penalty `((5 + length) / 6) ** alpha` (Wu et al. 2016); 1 when alpha = 0."""
-    return ((5.0 + length) / 6.0) ** alpha
-
-
-def _log_softmax(logits):
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def beam_search(stepper, batch_size, num_beams, max_length, start_id, end_id, pad_id, length_penalty):
-    """Beam search with the GNMT length penalty.
-
-    Rows of the stepper are `batch_size * num_beams` (beam-major within each example). At each
-    step the `2 * num_beams` best continuations (by summed log-probability) are examined in
-    order: one ending in `end_id` (among the top `num_beams`) becomes a finished hypothesis
-    scored `sum_log_prob / gnmt_length_penalty(length, alpha)` (length counts `end_id`), the
-    others fill the `num_beams` live beams. An example is done when it holds `num_beams`
-    finished hypotheses and none of its live beams can beat the worst of them at the current
-    length; at `max_length` live beams are scored as they are. The best-scored hypothesis wins.
-
-    Returns:
-        `(batch_size, length)` int32 ids (without `start_id`), right-padded with `pad_id`.
-    """
-    beams = num_beams
-    tokens = np.full((batch_size * beams, max_length + 1), pad_id, dtype=np.int32)
-    tokens[:, 0] = start_id
-    logits = stepper.start(tokens[:, :1], max_length + 1)
-    scores = np.zeros((batch_size, beams))
-    scores[:, 1:] = -np.inf  # all beams start identical: expand only the first one
-    finished = [[] for _ in range(batch_size)]  # (score, token list)
-    done = np.zeros(batch_size, dtype=bool)
-    for step in range(1, max_length + 1):
-        log_probs = _log_softmax(logits).reshape(batch_size, beams, -1)
-        vocab = log_probs.shape[-1]
-        candidates = (scores[:, :, None] + log_probs).reshape(batch_size, -1)
-        order = np.argsort(-candidates, axis=-1, kind="stable")[:, : 2 * beams]
-        rows = np.repeat(np.arange(batch_size)[:, None] * beams, beams, axis=1)  # keep in place
-        next_tokens = np.full((batch_size, beams), pad_id, dtype=np.int32)
-        next_scores = np.full((batch_size, beams), -np.inf)
-        penalty = gnmt_length_penalty(step, length_penalty)
-        for b in np.flatnonzero(~done):
-            kept = 0
-            for rank, flat in enumerate(order[b]):
-                beam, token = divmod(int(flat), vocab)
-                score = candidates[b, flat]
-                if not np.isfinite(score):
-                    break
-                if token == end_id:
-                    if rank < beams:
-                        history = tokens[b * beams + beam, 1:step].tolist()
-                        finished[b].append((score / penalty, history + [end_id]))
-                    continue
-                rows[b, kept] = b * beams + beam
-                next_tokens[b, kept], next_scores[b, kept] = token, score
-                kept += 1
-                if kept == beams:
-                    break
-            finished[b].sort(key=lambda hypothesis: -hypothesis[0])
-            del finished[b][beams:]
-            best_live = next_scores[b].max() / penalty
-            done[b] = len(finished[b]) == beams and finished[b][-1][0] >= best_live
-        tokens = tokens[rows.reshape(-1)]
-        tokens[:, step] = next_tokens.reshape(-1)
-        scores = next_scores
-        stepper.reorder(rows.reshape(-1))
-        if done.all() or step == max_length:
-            break
-        logits = stepper.advance(tokens, step)
-    for b in np.flatnonzero(~done):  # out of steps: live beams compete as they are
-        for beam in range(beams):
-            if np.isfinite(scores[b, beam]):
-                history = tokens[b * beams + beam, 1 : step + 1].tolist()
-                finished[b].append((scores[b, beam] / gnmt_length_penalty(step, length_penalty), history))
-    best = [max(hypotheses, key=lambda hypothesis: hypothesis[0])[1] for hypotheses in finished]
-    width = max(len(sequence) for sequence in best)
-    output = np.full((batch_size, width), pad_id, dtype=np.int32)
-    for b, sequence in enumerate(best):
-        output[b, : len(sequence)] = sequence
-    return output
+        self.history = self.history[rows]

@@ -102,7 +102,7 @@ def load_model(path, safe_mode=True, custom_objects=None, compile=True):
     """
     path = _check_path(path)
     _check_model_file(path)
-    from keras_transformer import layers, models  # noqa: F401  (registers the classes)
+    from keras_transformer import layers, models, training  # noqa: F401  (registers the classes)
 
     try:
         return keras.saving.load_model(

@@ -1,10 +1,15 @@
 """Generation: KV cache == full recompute, batching, no retracing, end_id, sampling, beam search."""
 
 import itertools
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from keras_transformer import saving, training
 from keras_transformer.generation import gnmt_length_penalty
 from keras_transformer.models import DecoderOnlyTransformer, EncoderDecoderTransformer
 
@@ -183,3 +188,70 @@ def test_bad_generation_input_is_refused_on_the_host(gpt):
         seq2seq.generate([[3, 12]], 4, start_id=1, end_id=2)
     with pytest.raises(ValueError, match="start_id"):
         seq2seq.generate([[3]], 4, start_id=99, end_id=2)
+
+
+# -- the shared numpy loop and the lazy package --------------------------------------------------------
+
+FRESH_PROCESS = """
+import sys
+import numpy as np
+import keras_transformer
+from keras_transformer import search
+
+# The shared loop runs any stepper, here a numpy bigram table, without Keras or TensorFlow.
+bigram = np.random.default_rng(0).normal(size=(20, 20))
+
+class Bigram:
+    def reset(self, batch, total_length):
+        pass
+
+    def step(self, new_tokens, index):
+        return bigram[new_tokens[:, -1]]
+
+    def reorder(self, rows):
+        pass
+
+prompts, lengths, _ = search.prepare_prompts([[3, 4], [5]], vocab_size=20, pad_id=0)
+tokens = search.decode(Bigram(), prompts, lengths, 4, search.TokenChooser(temperature=0.0), None, 0)
+for row, length in zip(tokens, lengths):
+    for position in range(length, length + 4):
+        assert row[position] == np.argmax(bigram[row[position - 1]]), (tokens, position)
+loaded = [name for name in ("tensorflow", "keras") if name in sys.modules]
+assert not loaded, loaded
+
+# load_model registers the library's classes itself (no other keras_transformer import needed).
+from keras_transformer.saving import load_model
+model = load_model(sys.argv[1])
+np.save(sys.argv[2], np.asarray(model({"token_ids": np.array([[3, 4, 5]], "int32")})))
+from keras_transformer import (DecoderOnlyTransformer, EncoderDecoderTransformer, EncoderOnlyTransformer,
+                               __version__, callbacks, generation, layers, models, presets, saving, training)
+assert isinstance(model, DecoderOnlyTransformer), type(model)
+assert isinstance(model.loss, training.MaskedSparseCategoricalCrossentropy), model.loss
+assert keras_transformer.layers.DecoderBlock is layers.DecoderBlock
+assert generation.decode is search.decode
+"""
+
+
+def test_shared_loop_imports_without_keras_and_a_saved_model_loads_in_a_fresh_process(tmp_path):
+    model = language_model()
+    model.compile(optimizer=training.paper_optimizer(16, warmup_steps=10),
+                  loss=training.MaskedSparseCategoricalCrossentropy(pad_id=0))
+    saving.save_model(model, tmp_path / "lm.keras")
+    root = pathlib.Path(__file__).parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "lm.keras"), str(tmp_path / "logits.npy")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = np.asarray(model({"token_ids": np.array([[3, 4, 5]], "int32")}))
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_package_attributes_load_lazily_and_unknown_names_fail():
+    import keras_transformer
+
+    assert {"layers", "models", "search", "DecoderOnlyTransformer"} <= set(dir(keras_transformer))
+    assert keras_transformer.EncoderOnlyTransformer is keras_transformer.models.EncoderOnlyTransformer
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        keras_transformer.nope  # noqa: B018

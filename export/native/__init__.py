@@ -2,8 +2,8 @@
 
 Instead of tracing TensorFlow ops through tf2onnx, each known layer emits its ONNX nodes from its
 weights: self-attention as one `com.microsoft.Attention` (fused Q/K/V projection + attention),
-cached/cross attention as one Q/K/V MatMul + `com.microsoft.MultiHeadAttention`, residual + bias +
-LayerNorm as `SkipLayerNormalization`, GELU as `BiasGelu`, and the tied vocabulary projection
+cached/cross attention as one Q/K/V MatMul + `com.microsoft.MultiHeadAttention`, bias + GELU as
+`BiasGelu`, and the tied vocabulary projection
 sharing the embedding initializer; `attention="portable"` writes standard ops only (MatMul,
 Softmax, LayerNormalization). `export.to_onnx` uses it whenever `supports(model)` is True and
 falls back to tracing otherwise (a user's custom layer, a subclass, mixed precision).
@@ -12,7 +12,8 @@ Generation graphs (`build_decoder_with_past`, `build_encoder_decoder_for_generat
 `save_generation_graphs`) carry the key/value cache as inputs/outputs so that
 `export.decoding.generate` runs greedy, sampled and beam-search decoding in onnxruntime alone.
 
-Attributes load lazily: `export.native.search` (numpy only) must import without Keras.
+Attributes load lazily, so importing `export.native` alone does not load Keras (generation
+itself runs the numpy-only loops of `keras_transformer.search`).
 """
 
 import importlib

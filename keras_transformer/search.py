@@ -1,15 +1,45 @@
-"""Host-side decoding algorithms in numpy: prompt preparation, token choice, greedy/sampled
-decoding and beam search, for ONNX Runtime generation (`export.decoding`).
+"""The host-side decoding loops, in numpy only: greedy, sampling and beam search.
 
-This is a numpy-only copy of the host-side half of `keras_transformer.generation` (which imports
-Keras, and importing `keras_transformer` at all loads Keras and TensorFlow); the per-token model
-step is an onnxruntime session instead of a compiled Keras function. Greedy tokens must equal
-Keras `generate` token for token, which `tests/test_decoding.py` checks on both model families,
-so any change to the algorithm there has to be made here too.
+Both the Keras models (`keras_transformer.generation`, compiled `tf.function` steps) and ONNX
+Runtime generation (`export.decoding`, onnxruntime sessions) run these loops, so both choose the
+same tokens; this module imports nothing but numpy, so the ONNX side never loads Keras or
+TensorFlow.
 
-A stepper object drives the model: `start(prefix, total_length) -> last logits`,
-`advance(tokens, index) -> last logits` (feeds `tokens[:, index]` at position `index`) and
-`reorder(rows)` (beam search: keep/duplicate cache rows).
+The model is reached through a *stepper*, an object with three methods:
+
+* `reset(batch, total_length)`: forget the previous sequence (empty the KV cache); called once
+  before the first step. `total_length` is the most positions the loop will feed.
+* `step(new_tokens, index)`: feed `new_tokens` (`(batch, T)` int32) at positions
+  `index .. index + T - 1` after everything fed before, and return the `(batch, vocab)` logits
+  of the last position as a numpy array.
+* `reorder(rows)`: beam search only: row `i` of the model state becomes old row `rows[i]`.
+
+The algorithm:
+
+* Prompts are right-padded into a `(batch, P)` buffer; `lengths[i]` is row i's prompt length
+  (`prepare_prompts`).
+* Prefill: the first `min(lengths)` tokens of every row are fed at once (`index=0`). Then
+  position `index = min(lengths) .. P + max_new_tokens - 1` is filled one step at a time: a row
+  whose prompt is longer than `index` takes its own prompt token (teacher forcing, so every row
+  sees exactly its own prompt at its own positions), any other row takes the chosen token; the
+  token is then fed at `index`.
+* Greedy choice is `argmax` over the float32 logits of the last position; ties go to the lowest
+  id (numpy's first maximum). Sampling (`TokenChooser`) applies temperature, then top-k, then
+  top-p, and draws with `numpy.random.default_rng(seed)`.
+* A row is finished after `max_new_tokens` new tokens or after emitting `end_id`; finished rows
+  receive `pad_id`. The loop stops when every row is finished.
+* Beam search (`beam_search`) keeps `num_beams` live hypotheses per example and scores finished
+  ones with the GNMT length penalty `((5 + length) / 6) ** alpha` (Wu et al. 2016).
+
+Example:
+>>> import numpy as np
+>>> class Uniform:  # a stepper whose model always prefers token 3
+...     def reset(self, batch, total_length): pass
+...     def step(self, new_tokens, index): return np.eye(5)[[3] * len(new_tokens)]
+...     def reorder(self, rows): pass
+>>> prompts, lengths, _ = prepare_prompts([[1, 2], [4]], vocab_size=5, pad_id=0)
+>>> decode(Uniform(), prompts, lengths, 2, TokenChooser(temperature=0.0), None, 0).tolist()
+[[1, 2, 3, 3], [4, 3, 3, 0]]
 """
 
 import numpy as np
@@ -18,6 +48,7 @@ __all__ = [
     "TokenChooser",
     "beam_search",
     "check_token_id",
+    "check_token_ids",
     "decode",
     "gnmt_length_penalty",
     "prepare_prompts",
@@ -28,6 +59,20 @@ __all__ = [
 
 
 def check_token_id(name, value, vocab_size, allow_none=False):
+    """Check one token id argument (`start_id`, `end_id`) and return it as a Python int.
+
+    Args:
+        name: the argument's name, for the error message.
+        value: the id received.
+        vocab_size: ids must lie in `[0, vocab_size)`.
+        allow_none: whether `None` (no such token) is accepted.
+
+    Returns:
+        `int(value)`, or None when `value` is None and that is allowed.
+
+    Raises:
+        ValueError: `value` is not an integer id in range.
+    """
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < vocab_size:
@@ -36,7 +81,13 @@ def check_token_id(name, value, vocab_size, allow_none=False):
 
 
 def check_token_ids(name, token_ids, vocab_size):
-    """Raise a ValueError naming the first out-of-vocabulary id (ids are never clipped silently)."""
+    """Raise a ValueError naming the first out-of-vocabulary id (ids are never clipped silently).
+
+    Args:
+        name: the argument's name, for the error message.
+        token_ids: a 2-D integer array.
+        vocab_size: ids must lie in `[0, vocab_size)`.
+    """
     bad = (token_ids < 0) | (token_ids >= vocab_size)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
@@ -63,40 +114,52 @@ def _as_int_array(name, token_ids):
     return None, rows
 
 
-def prepare_prompts(prompt_token_ids, vocab_size, pad_id):
+def prepare_prompts(prompt_token_ids, vocab_size, pad_id, name="prompt_token_ids"):
     """Normalise prompts to a right-padded `(batch, P)` int32 buffer and per-row lengths.
 
     Accepts one prompt (1-D), a `(batch, length)` array right-padded with `pad_id` (a row's
     length is up to its last non-pad token), or a list of lists of different lengths.
 
+    Args:
+        prompt_token_ids: the prompts, in one of the forms above.
+        vocab_size: ids must lie in `[0, vocab_size)`.
+        pad_id: the id that right-pads rows of a 2-D array (and the new buffer).
+        name: the argument's name, for error messages.
+
     Returns:
         `(buffer, lengths, single)` where `single` says the input was one 1-D prompt.
+
+    Raises:
+        TypeError: the ids are not integers.
+        ValueError: the shape is wrong, a prompt is empty or an id is out of range.
     """
-    array, rows = _as_int_array("prompt_token_ids", prompt_token_ids)
+    array, rows = _as_int_array(name, prompt_token_ids)
     single = array is not None and array.ndim == 1
     if array is not None:
         if single:
             array = array[None, :]
         if array.ndim != 2:
             raise ValueError(
-                "`prompt_token_ids` must be 1-D (one prompt) or 2-D (batch, length); received "
+                f"`{name}` must be 1-D (one sequence) or 2-D (batch, length); received "
                 f"shape {array.shape}."
             )
         not_pad = array != pad_id
-        lengths = np.where(not_pad.any(axis=1), array.shape[1] - np.argmax(not_pad[:, ::-1], axis=1), 0)
+        lengths = np.zeros(array.shape[0], dtype=np.int64)  # zero columns: every prompt is empty
+        if array.shape[1]:
+            lengths = np.where(not_pad.any(axis=1), array.shape[1] - np.argmax(not_pad[:, ::-1], axis=1), 0)
         if single:
             lengths = np.array([array.shape[1]])
         rows = [array[i, : lengths[i]] for i in range(array.shape[0])]
     lengths = np.array([len(row) for row in rows], dtype=np.int64)
     if len(rows) == 0 or lengths.min() == 0:
         raise ValueError(
-            "Every prompt in `prompt_token_ids` needs at least one token; received prompt "
-            f"lengths {lengths.tolist()}."
+            f"Every sequence in `{name}` needs at least one token; received lengths "
+            f"{lengths.tolist()}."
         )
     buffer = np.full((len(rows), int(lengths.max())), pad_id, dtype=np.int64)
     for i, row in enumerate(rows):
         buffer[i, : len(row)] = row
-    check_token_ids("prompt_token_ids", buffer, vocab_size)
+    check_token_ids(name, buffer, vocab_size)
     return buffer.astype(np.int32), lengths, single
 
 
@@ -108,6 +171,18 @@ class TokenChooser:
 
     Sampling runs on the host with `numpy.random.default_rng(seed)`: temperature, then top-k,
     then top-p (nucleus; the most likely token is always kept).
+
+    Args:
+        temperature: 0 for greedy argmax (lowest id on ties); > 0 divides the logits.
+        top_k: keep only the `top_k` most likely tokens (None: all).
+        top_p: keep the smallest set of most likely tokens whose mass reaches `top_p` (None: all).
+        seed: seed of the numpy Generator; the same seed draws the same tokens.
+
+    Call arguments:
+        logits: `(batch, vocab)` logits of the last position.
+
+    Returns:
+        `(batch,)` chosen token ids.
     """
 
     def __init__(self, temperature=1.0, top_k=None, top_p=None, seed=None):
@@ -146,13 +221,28 @@ class TokenChooser:
 
 
 def decode(stepper, prompts, lengths, max_new_tokens, choose, end_id, pad_id):
-    """Greedy/sampled decoding (see the module docstring). Returns `(batch, length)` int32."""
+    """Greedy or sampled decoding with teacher-forced prompts (see the module docstring).
+
+    Args:
+        stepper: the model (see the module docstring).
+        prompts: `(batch, P)` right-padded prompt buffer from `prepare_prompts`.
+        lengths: `(batch,)` prompt lengths.
+        max_new_tokens: most new tokens per row.
+        choose: `choose(logits) -> ids`, e.g. a `TokenChooser`.
+        end_id: a row stops after emitting this id (None: never).
+        pad_id: fills the positions after a row has stopped.
+
+    Returns:
+        `(batch, length)` int32 prompts followed by the new tokens, right-padded with `pad_id`;
+        `length` is at most `P + max_new_tokens`.
+    """
     batch, prompt_width = prompts.shape
     total = prompt_width + max_new_tokens
     tokens = np.full((batch, total), pad_id, dtype=np.int32)
     tokens[:, :prompt_width] = prompts
     start = int(lengths.min())
-    logits = stepper.start(tokens[:, :start], total)
+    stepper.reset(batch, total)
+    logits = stepper.step(tokens[:, :start], 0)
     generated = np.zeros(batch, dtype=np.int64)
     finished = np.zeros(batch, dtype=bool)
     index = start
@@ -167,7 +257,7 @@ def decode(stepper, prompts, lengths, max_new_tokens, choose, end_id, pad_id):
             finished |= active & (chosen == end_id)
         if finished.all() or index + 1 == total:
             break
-        logits = stepper.advance(tokens, index)
+        logits = stepper.step(tokens[:, index : index + 1], index)
     return tokens[:, : index + 1]
 
 
@@ -193,13 +283,24 @@ def beam_search(stepper, batch_size, num_beams, max_length, start_id, end_id, pa
     finished hypotheses and none of its live beams can beat the worst of them at the current
     length; at `max_length` live beams are scored as they are. The best-scored hypothesis wins.
 
+    Args:
+        stepper: the model (see the module docstring), fed `batch_size * num_beams` rows.
+        batch_size: number of examples.
+        num_beams: live hypotheses per example.
+        max_length: most tokens per hypothesis, after `start_id`.
+        start_id: the first token of every hypothesis (not returned).
+        end_id: ends a hypothesis.
+        pad_id: right-pads the result.
+        length_penalty: the GNMT `alpha` (0: plain summed log-probability).
+
     Returns:
         `(batch_size, length)` int32 ids (without `start_id`), right-padded with `pad_id`.
     """
     beams = num_beams
     tokens = np.full((batch_size * beams, max_length + 1), pad_id, dtype=np.int32)
     tokens[:, 0] = start_id
-    logits = stepper.start(tokens[:, :1], max_length + 1)
+    stepper.reset(batch_size * beams, max_length + 1)
+    logits = stepper.step(tokens[:, :1], 0)
     scores = np.zeros((batch_size, beams))
     scores[:, 1:] = -np.inf  # all beams start identical: expand only the first one
     finished = [[] for _ in range(batch_size)]  # (score, token list)
@@ -240,7 +341,7 @@ def beam_search(stepper, batch_size, num_beams, max_length, start_id, end_id, pa
         stepper.reorder(rows.reshape(-1))
         if done.all() or step == max_length:
             break
-        logits = stepper.advance(tokens, step)
+        logits = stepper.step(tokens[:, step : step + 1], step)
     for b in np.flatnonzero(~done):  # out of steps: live beams compete as they are
         for beam in range(beams):
             if np.isfinite(scores[b, beam]):
