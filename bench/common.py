@@ -1,0 +1,108 @@
+"""Shared benchmark helpers: the machine's matmul peak, timing, and JSON/PNG result files.
+
+Every benchmark reports ratios against peers measured in the same run and, where it counts
+FLOPs, the fraction of a float32 matmul peak measured in the same run, so numbers stay
+meaningful on a shared or throttled machine.
+"""
+
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def time_call(fn, repeats=10, warmup=2):
+    """Median wall-clock seconds of `fn()` over `repeats` runs after `warmup` runs.
+
+    Returns:
+        `(median_seconds, all_seconds)`.
+    """
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples), samples
+
+
+def matmul_peak_flops(size=1024, repeats=10):
+    """Float32 matmul throughput (FLOP/s) of this machine, measured now with TensorFlow.
+
+    A compiled `size x size` matrix product, median of `repeats` timings; this is the yardstick
+    for "fraction of peak" (what a perfectly matmul-bound model could reach right now).
+    """
+    import tensorflow as tf
+
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+
+    @tf.function(jit_compile=False)
+    def product(x, y):
+        # A few dependent products per call so that Python overhead does not count.
+        for _ in range(4):
+            x = tf.linalg.matmul(x, y) * (1.0 / size)
+        return x
+
+    seconds, _ = time_call(lambda: product(a, b).numpy(), repeats=repeats, warmup=2)
+    return 4 * 2 * size**3 / seconds
+
+
+def machine_info():
+    """A short description of where the numbers were taken."""
+    import keras
+    import tensorflow as tf
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_json(name, data, directory=RESULTS_DIR):
+    """Write `data` to `<directory>/<name>.json` (atomically) and return the path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{name}.json")
+    partial = path + ".partial"
+    with open(partial, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False, default=float)
+    os.replace(partial, path)
+    return path
+
+
+def write_bar_chart(name, values, title, xlabel, directory=RESULTS_DIR):
+    """Write a horizontal bar chart of `{label: value}` to `<directory>/<name>.png`."""
+    from keras_transformer.visualize import plot_bars
+
+    return plot_bars(values, os.path.join(directory, f"{name}.png"), title=title, ylabel=xlabel)
+
+
+def print_table(title, columns, rows):
+    """Print a table with rich (falls back to plain text when rich is missing)."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # pragma: no cover - rich is in the bench/export extras
+        print(title)
+        print(" | ".join(columns))
+        for row in rows:
+            print(" | ".join(str(cell) for cell in row))
+        return
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index == 0)
+    for row in rows:
+        table.add_row(*[str(cell) for cell in row])
+    Console().print(table)
