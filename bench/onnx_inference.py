@@ -1,40 +1,65 @@
 """ONNX Runtime inference and generation: the native graph against Keras's own ONNX export.
 
-Measured side by side in one run (`python -m bench onnx_inference [--quick]`):
+Measured side by side in one run (`.venv/bin/python -m bench onnx_inference [--quick]`):
 
 * a GPT-style 4-layer stack (vocab 8000, d_model 256, 4 heads, d_ff 1024, pre-norm, GELU,
-  learned positions, tied embeddings): our `DecoderOnlyTransformer` exported natively
-  (fused attention and portable MatMul/Softmax variants, fp32 and int8) and keras-hub's
-  `GPT2CausalLM` of the same size exported by Keras's own `model.export(format="onnx")`;
-* latency in onnxruntime (CPU, all graph optimizations) at 1 x 128 and 16 x 128, as ratios and as
-  achieved GFLOP/s over a float32 matmul peak measured in the same run (TensorFlow and
-  onnxruntime, the higher of the two);
-* greedy generation, 64 new tokens from a 16-token prompt, batch 1: our ONNX KV-cache graph with
-  `export.decoding` against keras-hub's cached `generate` (with XLA and without);
-* export time: `export.to_onnx` (native, validation included) against `model.export` alone;
-* node counts of every graph.
+  learned positions, tied embeddings): our `DecoderOnlyTransformer` exported natively (fused
+  attention; the portable MatMul/Softmax variant; int8) and keras-hub's `GPT2CausalLM` of the
+  same size exported by Keras's own `model.export(format="onnx")`, also after onnxruntime's
+  transformer optimizer (`keras_export_ort_transformers`; it fuses nothing in that graph);
+* latency at 1 x 128 and 16 x 128 with 2 threads (all cores) and with 1 thread, as ratios and
+  as GFLOP/s over an onnxruntime float32 MatMul peak timed in the same rounds;
+* the int8 ceiling: fp32 / int8 time of the largest MatMul alone (the vocabulary projection);
+* greedy generation, 64 new tokens from a 16-token prompt, batch 1: `export.decoding` on our
+  KV-cache graphs against keras-hub's cached greedy `generate` (XLA and not), same run;
+* export time (`export.to_onnx`, validation included, against `model.export` alone), node counts.
 
-Results go to `bench/results/onnx_inference.json`.
+Every graph runs with the same session options (`ort_session`); the rounds are interleaved, one
+call per graph per round, medians reported. Results: `bench/results/onnx_inference.json`.
 
-Last full run (2026-11-21 13:54, the 2-core machine shared with other jobs: load average 4-5,
-matmul peak measured at 67-70 GFLOP/s instead of ~175 when idle; ratios are same-run):
+Last full run: 2026-11-21 14:50-14:52 UTC, `.venv/bin/python -m bench onnx_inference`, 2-core
+AMD EPYC (AVX2, no VNNI), onnxruntime 1.31.1, machine quiet: `uptime` load average 0.14 before,
+1.11 after (this run's own load); ORT matmul peak in the rounds 143-148 GFLOP/s. In brackets, the
+full run of 14:45-14:47 (load 1.5 before, 1.35 after) for the run-to-run spread:
 
-    native / Keras-export ONNX   1 x 128: 0.87 (target 0.85)   16 x 128: 0.89 (target 0.90)
-    portable / Keras-export      1 x 128: 0.77                 16 x 128: 0.90
-    int8 speed-up over fp32      16 x 128: 1.25x (target 1.8x; 1.36-1.4x in other runs)
-    greedy generation ms/token   onnx fp32 2.08, onnx int8 0.91, keras-hub XLA 3.66, no XLA 8.83
-                                 -> fp32 0.57x of keras-hub XLA (target 0.33), int8 0.25x
-    export + validation          2.9 s vs model.export 20.2 s (0.15x)
-    nodes                        native 38, portable 157, int8 93, Keras export 727
+    native / Keras-export ONNX        1 x 128: 0.69 [0.78] (target <= 0.85, met)  16 x 128: 0.79 [0.80] (<= 0.90, met)
+      same, 1 thread                  1 x 128: 0.88 [0.86]                        16 x 128: 0.90 [0.88]
+    fused / portable attention        1 x 128: 0.90 [0.98]                        16 x 128: 0.95 [1.00]
+    fraction of the matmul peak       native 81% / 91%, Keras export 56% / 72%
+    int8 speed-up over fp32, 16 x 128 1.40x [1.51x] (target 1.8x, NOT met); 1 thread 1.44x [1.46x]
+      ceiling: vocab MatMul alone     1.53x [1.79x] (1 thread 1.64x [1.68x])
+    greedy generation, ms/token       onnx fp32 0.99 [1.16] (1 thread 1.25), int8 0.56; keras-hub XLA 2.43 [2.69]
+      fp32 / keras-hub XLA            0.41 [0.43] (target <= 0.33, NOT met); int8 0.23 [0.26]
+    export + validation               2.2 s vs model.export 14.8 s (0.15x, met)
+    nodes                             native 54, portable 157, int8 109, Keras export 727
 
-Fused vs portable attention: on this CPU the two were within run-to-run noise in interleaved
-A/B runs (1 x 128: 107-110 ms each under load); the bench runs favoured portable at 1 x 128
-(3 of 3) and were mixed at 16 x 128. `to_onnx` keeps the fused form (5x fewer nodes, the
-operators onnxruntime's GPU providers implement); `export.native.build(model,
-attention="portable")` writes the other.
+What changed the numbers (each measured A/B, interleaved):
+* `SkipLayerNormalization` (onnxruntime 1.31's CPU kernel) took 3.5x as long as Add + Add +
+  `LayerNormalization` (16 x 128 x 256: 4.0 against 1.2 ms), so the graphs no longer use it:
+  8% off a whole forward pass (1 thread: 19.7 against 21.4 ms at 1 x 128, 294 against 323 ms).
+* Sessions taking turns must not spin after their run: with onnxruntime's default, the workers
+  of one session kept spinning into the next session's run, and 1 x 128 measured 35-50 ms per
+  graph instead of 11-14 ms, in an order-dependent way (most likely behind the earlier 0.87 at
+  1 x 128 and the reading "portable is faster", with SkipLayerNormalization). All graphs here use
+  `session.force_spinning_stop=1`; compute is unchanged.
+* Generation: worker threads that spin during a run and stop after it made fp32 decoding 20-27%
+  faster than one thread (see `export.decoding._session`); IO binding (present KV bound as the
+  next past) measured no faster than `session.run` (2.2 against 2.0 ms per step), so it is not used.
+
+Why the two misses stand: a decoding step is a matrix-vector product over all ~21 MB of float32
+weights, memory-bound (0.99 ms/token is ~21 GB/s); only fewer bytes (int8: 0.56 ms/token) move it.
+int8 at 16 x 128 cannot exceed the speed-up of its matmuls, and the biggest one alone reaches
+only 1.5-2.1x across runs on this CPU (AVX2 u8s8 without VNNI; 7-bit weights, see
+`export.precision`); the float32 softmax, GELU, LayerNorm and the 65 MB logits output are the
+same in both. Tried and
+not better: per-tensor weights (1.68x against 1.64x, 1 thread), quantizing MatMuls only (1.45x),
+full-range weights (1.44x), `MatMulNBits` 8-bit (slower than fp32 at this size).
+The machine was shared with other engineers during development; only ratios from one run mean
+something (runs under load 2-4, with the spinning artifact, gave 1.09-1.30 at 1 x 128).
 """
 
 import os
+import statistics
 import tempfile
 import time
 
@@ -42,6 +67,7 @@ from bench import common
 
 VOCAB, LAYERS, D_MODEL, HEADS, D_FF, MAX_POSITIONS = 8000, 4, 256, 4, 1024, 256
 PROMPT, NEW_TOKENS = 16, 64
+LATENCY_GRAPHS = ("keras_export", "keras_export_ort_transformers", "native", "native_portable", "native_int8")
 
 
 def forward_flops(batch, length):
@@ -52,31 +78,73 @@ def forward_flops(batch, length):
 
 
 def ort_session(path_or_bytes, threads):
+    """The session options every graph here runs with, ours and the peers alike: all graph
+    optimizations, `threads` intra-op threads, onnxruntime's defaults otherwise, except that
+    worker threads stop spinning when a run returns (`session.force_spinning_stop`). Several
+    sessions take turns here; with onnxruntime's default, one session's workers keep spinning
+    after its run and slow down the next session's run (measured: 1 x 128 took 35-50 ms per
+    graph instead of 11-14 ms, in an order-dependent way)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def ort_matmul_peak(threads, size=1024, repeats=10):
-    """Float32 MatMul FLOP/s of onnxruntime on this machine, measured now."""
+def interleaved(calls, repeats, warmup=2):
+    """Median seconds of each `{name: call}`; the calls take turns, one each per round, so that
+    load from other processes on a shared machine falls on all of them alike."""
+    samples = {name: [] for name in calls}
+    for round_index in range(repeats + warmup):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if round_index >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _matmul_model(rows, depth, columns, chained=1):
+    """A float32 graph of `chained` MatMuls by one constant (depth, columns) weight."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = numpy_helper.from_array(np.random.rand(size, size).astype("float32"), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["y0"])]
-    for i in range(1, 4):
-        nodes.append(helper.make_node("MatMul", [f"y{i - 1}", "w"], [f"y{i}"]))
-    graph = helper.make_graph(nodes, "peak", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size, size])],
-                              [helper.make_tensor_value_info("y3", TensorProto.FLOAT, [size, size])], [weight])
+    weight = numpy_helper.from_array((np.random.rand(depth, columns) / depth).astype("float32"), "w")
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"y{i - 1}", "w"], [f"y{i}"]) for i in range(chained)]
+    graph = helper.make_graph(nodes, "matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, depth])],
+                              [helper.make_tensor_value_info(f"y{chained - 1}", TensorProto.FLOAT, [rows, columns])],
+                              [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    session = ort_session(model.SerializeToString(), threads)
+    return model
+
+
+def ort_matmul_peak_call(threads, size=1024):
+    """`(call, flops)`: four chained float32 (size x size) MatMuls in onnxruntime, the yardstick
+    for "fraction of peak" (timed in the same rounds as the graphs, so under the same load)."""
+    import numpy as np
+
+    session = ort_session(_matmul_model(size, size, size, chained=4).SerializeToString(), threads)
     x = (np.random.rand(size, size) / size).astype("float32")
-    seconds, _ = common.time_call(lambda: session.run(None, {"x": x}), repeats=repeats)
-    return 4 * 2 * size**3 / seconds
+    return (lambda: session.run(None, {"x": x})), 4 * 2 * size**3
+
+
+def int8_matmul_ceiling(threads, repeats):
+    """fp32 / int8 time of the model's largest MatMul alone (16 x 128 tokens by the (256, 8000)
+    vocabulary projection), quantized exactly as `export.precision` quantizes the model: the
+    int8 speed-up a whole model cannot exceed on this CPU."""
+    import numpy as np
+
+    from export.precision import to_int8
+
+    fp32 = _matmul_model(16 * 128, D_MODEL, VOCAB)
+    sessions = {"fp32": ort_session(fp32.SerializeToString(), threads),
+                "int8": ort_session(to_int8(fp32).SerializeToString(), threads)}
+    x = np.random.default_rng(0).normal(size=(16 * 128, D_MODEL)).astype("float32")
+    times = interleaved({name: (lambda s=s: s.run(None, {"x": x})) for name, s in sessions.items()}, repeats)
+    return times["fp32"] / times["int8"]
 
 
 def node_count(path):
@@ -107,36 +175,41 @@ def build_models():
     return ours, hub
 
 
+def transformers_optimized(path, output):
+    """The peer after onnxruntime's transformer optimizer (its Python fusions: opt_level=0; the
+    session applies onnxruntime's own graph optimizations anyway). Needs `sympy`."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(path, model_type="gpt2", num_heads=HEADS, hidden_size=D_MODEL, opt_level=0)
+    optimized.save_model_to_file(output)
+    return output
+
+
 def export_all(ours, hub, folder):
     """Write every graph; returns `{name: path}` and the export timings in seconds."""
+    import onnx
+
     import export
     from export import precision
     from export.native import build, save_generation_graphs
 
-    import onnx
-
-    paths, timings = {}, {}
+    paths, timings = {name: os.path.join(folder, f"{name}.onnx") for name in LATENCY_GRAPHS}, {}
     start = time.perf_counter()
-    paths["native"] = os.path.join(folder, "native.onnx")
     export.to_onnx(ours, paths["native"], max_length=128, batch_sizes=(1, 3))
     timings["to_onnx_native_with_validation_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    paths["keras_export"] = os.path.join(folder, "keras_export.onnx")
     hub.export(paths["keras_export"], format="onnx", verbose=False)
     timings["keras_model_export_onnx_s"] = time.perf_counter() - start
-    proto = build(ours, opset=18, attention="portable")
-    paths["native_portable"] = os.path.join(folder, "native_portable.onnx")
-    onnx.save(proto, paths["native_portable"])
-    paths["native_int8"] = os.path.join(folder, "native_int8.onnx")
+    transformers_optimized(paths["keras_export"], paths["keras_export_ort_transformers"])
+    onnx.save(build(ours, opset=18, attention="portable"), paths["native_portable"])
     onnx.save(precision.convert(onnx.load(paths["native"]), "int8"), paths["native_int8"])
-    paths["generation"] = os.path.join(folder, "generation")
-    save_generation_graphs(ours, paths["generation"], opset=18)
-    paths["generation_int8"] = os.path.join(folder, "generation_int8")
-    save_generation_graphs(ours, paths["generation_int8"], opset=18, precision="int8")
+    for name, precision_name in (("generation", None), ("generation_int8", "int8")):
+        paths[name] = os.path.join(folder, name)
+        save_generation_graphs(ours, paths[name], opset=18, precision=precision_name)
     return paths, timings
 
 
-def _hub_feeds(session, batch, length):
+def _feeds(session, batch, length):
     import numpy as np
 
     ids = np.random.default_rng(0).integers(1, VOCAB, size=(batch, length))
@@ -147,29 +220,23 @@ def _hub_feeds(session, batch, length):
     return feeds
 
 
-def latency(paths, shapes, threads, repeats):
-    """Median onnxruntime seconds per forward pass, `{graph: {shape: seconds}}`.
-
-    The graphs run in turns (one call each per round) so that load from other processes on a
-    shared machine falls on all of them alike.
-    """
-    import statistics
-
-    names = ("keras_export", "native", "native_portable", "native_int8")
+def latency(paths, shapes, threads, repeats, names=LATENCY_GRAPHS):
+    """Median onnxruntime seconds per forward pass, `{graph: {shape: seconds}}` (interleaved;
+    batch-1 rounds are short, so they get 3x the repeats), and the matmul peak FLOP/s measured
+    in the same rounds, `{shape: flops}`."""
     sessions = {name: ort_session(paths[name], threads) for name in names}
-    results = {name: {} for name in names}
+    results, peaks = {name: {} for name in names}, {}
+    peak_call, peak_flops = ort_matmul_peak_call(threads)
     for batch, length in shapes:
-        feeds = {name: _hub_feeds(session, batch, length) for name, session in sessions.items()}
-        samples = {name: [] for name in names}
-        for round_index in range(repeats + 2):
-            for name, session in sessions.items():
-                start = time.perf_counter()
-                session.run(None, feeds[name])
-                if round_index >= 2:  # two warm-up rounds
-                    samples[name].append(time.perf_counter() - start)
-        for name in names:
-            results[name][f"{batch}x{length}"] = statistics.median(samples[name])
-    return results
+        calls = {"matmul_peak": peak_call}
+        for name, session in sessions.items():
+            feeds = _feeds(session, batch, length)
+            calls[name] = lambda s=session, f=feeds: s.run(None, f)
+        seconds = interleaved(calls, repeats * (3 if batch == 1 else 1))
+        peaks[f"{batch}x{length}"] = peak_flops / seconds.pop("matmul_peak")
+        for name, value in seconds.items():
+            results[name][f"{batch}x{length}"] = value
+    return results, peaks
 
 
 def keras_predict_seconds(ours, repeats):
@@ -197,29 +264,26 @@ def hub_generator(backbone, jit_compile):
     return lambda: causal_lm.generate(inputs, stop_token_ids=None)
 
 
-def onnx_generator(folder):
-    """`export.decoding` with its defaults (one onnxruntime thread, no spinning: fastest here)."""
+def onnx_generator(folder, **options):
+    """`export.decoding.OnnxGenerator` (its defaults unless `options` say otherwise)."""
     from export.decoding import OnnxGenerator
 
-    generator = OnnxGenerator(folder, providers=["CPUExecutionProvider"])
+    generator = OnnxGenerator(folder, providers=["CPUExecutionProvider"], **options)
     prompt = list(range(1, PROMPT + 1))
     return lambda: generator.generate([prompt], max_new_tokens=NEW_TOKENS, temperature=0.0)
 
 
 def generation_ms_per_token(runs, repeats):
     """Median ms per new token of each `{name: run}` (prefill included), the runs taking turns."""
-    import statistics
-
-    samples = {name: [] for name in runs}
-    for round_index in range(repeats + 1):
-        for name, run in runs.items():
-            start = time.perf_counter()
+    def checked(name, run):
+        def call():
             tokens = run()
-            if round_index:  # the first round compiles/warms up
-                samples[name].append(time.perf_counter() - start)
             tokens = tokens["token_ids"] if isinstance(tokens, dict) else tokens  # keras-hub: a dict
             assert tokens.shape[-1] == PROMPT + NEW_TOKENS, (name, tokens.shape)
-    return {name: 1000 * statistics.median(values) / NEW_TOKENS for name, values in samples.items()}
+        return call
+
+    seconds = interleaved({name: checked(name, run) for name, run in runs.items()}, repeats, warmup=1)
+    return {name: 1000 * value / NEW_TOKENS for name, value in seconds.items()}
 
 
 def main(argv=()):
@@ -230,61 +294,83 @@ def main(argv=()):
     ours, hub = build_models()
     with tempfile.TemporaryDirectory(prefix="kt-bench-onnx-") as folder:
         paths, export_times = export_all(ours, hub, folder)
-        nodes = {name: node_count(paths[name]) for name in ("keras_export", "native", "native_portable", "native_int8")}
+        nodes = {name: node_count(paths[name]) for name in LATENCY_GRAPHS}
         nodes["generation/decoder_with_past"] = node_count(os.path.join(paths["generation"], "decoder_with_past.onnx"))
         peak_tf = common.matmul_peak_flops(repeats=repeats)
-        peak_ort = ort_matmul_peak(threads, repeats=repeats)
-        times = latency(paths, shapes, threads, repeats)
+        int8_ceiling = int8_matmul_ceiling(threads, repeats)
+        times, peaks = latency(paths, shapes, threads, repeats)
+        # One thread as well: less disturbed when other processes share the cores.
+        int8_ceiling_1 = int8_matmul_ceiling(1, repeats)
+        times_1, _ = latency(paths, shapes, 1, repeats, names=("keras_export", "native", "native_portable", "native_int8"))
         generation = generation_ms_per_token({
             "onnx": onnx_generator(paths["generation"]),
+            "onnx_1_thread": onnx_generator(paths["generation"], intra_op_num_threads=1),
             "onnx_int8": onnx_generator(paths["generation_int8"]),
             "keras_hub_xla": hub_generator(hub.backbone, True),
             "keras_hub_no_xla": hub_generator(hub.backbone, False),
         }, repeats)
-    onnx_ms, onnx_ms_int8 = generation["onnx"], generation["onnx_int8"]
-    hub_ms_xla, hub_ms_plain = generation["keras_hub_xla"], generation["keras_hub_no_xla"]
     predict = keras_predict_seconds(ours, repeats)
-    peak = max(peak_tf, peak_ort)
+    return report(locals())
 
+
+def report(m):
+    """Print the tables and write `bench/results/onnx_inference.json` from `main`'s measurements."""
+    times, generation, export_times, nodes, peaks = m["times"], m["generation"], m["export_times"], m["nodes"], m["peaks"]
     rows, fractions = [], {}
     for name, by_shape in times.items():
         for shape, seconds in by_shape.items():
             batch, length = (int(v) for v in shape.split("x"))
-            fraction = forward_flops(batch, length) / seconds / peak
-            fractions[f"{name}@{shape}"] = fraction
+            fractions[f"{name}@{shape}"] = fraction = forward_flops(batch, length) / seconds / peaks[shape]
             rows.append((name, shape, f"{1000 * seconds:.2f}", f"{forward_flops(batch, length) / seconds / 1e9:.0f}",
                          f"{100 * fraction:.0f}%", nodes[name]))
-    common.print_table("onnxruntime latency (median)", ["graph", "batch x length", "ms", "GFLOP/s", "of peak", "nodes"], rows)
-
-    ratios = {
-        "native / keras_export @1x128 (target <= 0.85)": times["native"]["1x128"] / times["keras_export"]["1x128"],
-        "native / keras_export @16x128 (target <= 0.90)": times["native"]["16x128"] / times["keras_export"]["16x128"],
-        "native_portable / keras_export @16x128": times["native_portable"]["16x128"] / times["keras_export"]["16x128"],
+    common.print_table("onnxruntime latency (median, interleaved)",
+                       ["graph", "batch x length", "ms", "GFLOP/s", "of peak", "nodes"], rows)
+    hub_xla = generation["keras_hub_xla"]
+    ratios = {}
+    for shape, target in (("1x128", 0.85), ("16x128", 0.90)):
+        ratios[f"native / keras_export @{shape} (target <= {target})"] = times["native"][shape] / times["keras_export"][shape]
+        ratios[f"native / keras_export_ort_transformers @{shape}"] = (
+            times["native"][shape] / times["keras_export_ort_transformers"][shape])
+        ratios[f"native (fused attention) / native_portable @{shape}"] = times["native"][shape] / times["native_portable"][shape]
+    ratios.update({
         "native fp32 / int8 @16x128 (target >= 1.8)": times["native"]["16x128"] / times["native_int8"]["16x128"],
-        "onnx generate / keras-hub XLA, ms per token (target <= 0.33)": onnx_ms / hub_ms_xla,
-        "onnx generate / keras-hub no XLA, ms per token": onnx_ms / hub_ms_plain,
-        "onnx generate int8 / keras-hub XLA, ms per token": onnx_ms_int8 / hub_ms_xla,
+        "fp32 / int8 of the vocabulary MatMul alone @16x128 (ceiling)": m["int8_ceiling"],
+        "onnx generate / keras-hub XLA, ms per token (target <= 0.33)": generation["onnx"] / hub_xla,
+        "onnx generate 1 thread / keras-hub XLA": generation["onnx_1_thread"] / hub_xla,
+        "onnx generate int8 / keras-hub XLA": generation["onnx_int8"] / hub_xla,
+        "onnx generate / keras-hub no XLA": generation["onnx"] / generation["keras_hub_no_xla"],
         "to_onnx native + validation / keras model.export (target < 1)":
             export_times["to_onnx_native_with_validation_s"] / export_times["keras_model_export_onnx_s"],
-        "keras predict / native @16x128": predict / times["native"]["16x128"],
-    }
+        "keras predict / native @16x128": m["predict"] / times["native"]["16x128"],
+    })
+    times_1 = m["times_1"]
+    ratios.update({
+        "1 thread: native / keras_export @1x128": times_1["native"]["1x128"] / times_1["keras_export"]["1x128"],
+        "1 thread: native / keras_export @16x128": times_1["native"]["16x128"] / times_1["keras_export"]["16x128"],
+        "1 thread: native / native_portable @1x128": times_1["native"]["1x128"] / times_1["native_portable"]["1x128"],
+        "1 thread: native / native_portable @16x128": times_1["native"]["16x128"] / times_1["native_portable"]["16x128"],
+        "1 thread: native fp32 / int8 @16x128": times_1["native"]["16x128"] / times_1["native_int8"]["16x128"],
+        "1 thread: fp32 / int8 of the vocabulary MatMul alone (ceiling)": m["int8_ceiling_1"],
+    })
     common.print_table("ratios (same run)", ["ratio", "value"], [(k, f"{v:.3f}") for k, v in ratios.items()])
-    common.print_table("generation and export", ["measure", "value"], [
-        ("onnx KV-cache greedy, ms/token", f"{onnx_ms:.2f}"),
-        ("onnx KV-cache greedy int8, ms/token", f"{onnx_ms_int8:.2f}"),
-        ("keras-hub greedy XLA, ms/token", f"{hub_ms_xla:.2f}"),
-        ("keras-hub greedy no XLA, ms/token", f"{hub_ms_plain:.2f}"),
+    common.print_table("generation (ms per new token) and export", ["measure", "value"], [
+        *((f"generate {name}, ms/token", f"{value:.2f}") for name, value in generation.items()),
         ("to_onnx native (+validation), s", f"{export_times['to_onnx_native_with_validation_s']:.2f}"),
         ("keras model.export onnx, s", f"{export_times['keras_model_export_onnx_s']:.2f}"),
-        ("keras predict 16x128, ms", f"{1000 * predict:.1f}"),
-        ("matmul peak TF / ORT, GFLOP/s", f"{peak_tf / 1e9:.0f} / {peak_ort / 1e9:.0f}"),
+        ("keras predict 16x128, ms", f"{1000 * m['predict']:.1f}"),
+        ("matmul peak ORT (in the latency rounds, 1x128 / 16x128), GFLOP/s",
+         " / ".join(f"{value / 1e9:.0f}" for value in peaks.values())),
+        ("matmul peak TF (before), GFLOP/s", f"{m['peak_tf'] / 1e9:.0f}"),
+        ("load average (1 min) at the end", f"{os.getloadavg()[0]:.2f}"),
     ])
     path = common.write_json("onnx_inference", {
-        "machine": common.machine_info(), "threads": threads, "quick": quick, "shared_machine_note":
-            "2-core machine shared with other engineers while measuring: compare ratios, not absolutes",
-        "latency_s": times, "fraction_of_peak": fractions, "matmul_peak_flops": {"tensorflow": peak_tf, "onnxruntime": peak_ort},
-        "generation_ms_per_token": generation,
-        "export_s": export_times, "keras_predict_16x128_s": predict, "node_counts": nodes, "ratios": ratios,
+        "machine": common.machine_info(), "load_average": os.getloadavg(), "threads": m["threads"],
+        "quick": m["quick"], "session_options": "ORT_ENABLE_ALL, intra_op_num_threads=threads, "
+        "session.force_spinning_stop=1, other defaults; the same for every graph",
+        "latency_s": times, "latency_1_thread_s": m["times_1"], "fraction_of_peak": fractions,
+        "matmul_peak_flops": {"tensorflow_before": m["peak_tf"], "onnxruntime_same_rounds": peaks},
+        "generation_ms_per_token": generation, "export_s": export_times, "keras_predict_16x128_s": m["predict"],
+        "node_counts": nodes, "ratios": ratios,
     })
     print(f"results: {path}")
     return ratios

@@ -29,6 +29,7 @@ import onnxruntime
 from keras_transformer import search  # numpy only: loads no Keras/TensorFlow
 
 GENERATION_METADATA_KEY = "keras_transformer.generation"
+_PRECISION_KEY = "keras_transformer.precision"  # written by export.precision
 _DECODER_ONLY_FILE = "decoder_with_past.onnx"
 _ENCODER_FILE, _DECODER_FILE = "encoder.onnx", "decoder.onnx"
 
@@ -40,14 +41,30 @@ def _check_positive_int(name, value):
 
 
 def _session(path, providers, intra_op_num_threads):
+    """An onnxruntime session for one generation graph.
+
+    A decoding step is a few small operators, then the host picks a token. Worker threads spin
+    between the operators of a run but stop at its end (`session.force_spinning_stop`), so that
+    they leave the cores to the host and to other processes between steps.
+    `intra_op_num_threads=None` takes all cores, except for int8 graphs, whose steps are too
+    small to share. Measured on 2 cores (`bench/onnx_inference.py`'s model, ms per token, median
+    of interleaved runs): fp32 1.27 this way, 1.65 with 1 thread, 1.77 with 2 threads that never
+    spin; int8 0.66 with 1 thread, 0.97 with 2.
+    """
+    session = _new_session(path, providers, 0 if intra_op_num_threads is None else intra_op_num_threads)
+    if intra_op_num_threads is None and session.get_modelmeta().custom_metadata_map.get(_PRECISION_KEY) == "int8":
+        session = _new_session(path, providers, 1)
+    return session
+
+
+def _new_session(path, providers, intra_op_num_threads):
     from export.runtime import resolve_providers  # runtime re-exports generate: import lazily
 
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = int(intra_op_num_threads)
-    # A decoding step is many tiny operators: spinning worker threads cost more than they save
-    # (measured on 2 cores: 2.7 ms/token without spinning, 3.6 with; 2 threads: 4.3 / 6.2).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return onnxruntime.InferenceSession(os.fspath(path), options, providers=resolve_providers(providers))
 
 
@@ -132,15 +149,15 @@ class OnnxGenerator:
     Args:
         path: that folder (or the `decoder_with_past.onnx` file of a decoder-only model).
         providers: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU) or a provider list.
-        intra_op_num_threads: onnxruntime threads per operator; 1 by default, fastest for
-            batch-1 decoding where each step is small (0 = onnxruntime's default, all cores).
+        intra_op_num_threads: onnxruntime threads per operator; None (default): all cores,
+            1 for int8 graphs (measured fastest, see `_session`); 0 = all cores.
 
     Example:
     >>> generator = OnnxGenerator("out/lm")  # doctest: +SKIP
     >>> generator.generate([[5, 6, 7]], max_new_tokens=4, temperature=0.0)  # doctest: +SKIP
     """
 
-    def __init__(self, path, providers="auto", intra_op_num_threads=1):
+    def __init__(self, path, providers="auto", intra_op_num_threads=None):
         path = os.fspath(path)
         folder = path if os.path.isdir(path) else os.path.dirname(path)
         if os.path.isfile(path) or os.path.isfile(os.path.join(folder, _DECODER_ONLY_FILE)):
@@ -211,7 +228,7 @@ class OnnxGenerator:
         return tokens[0] if single else tokens
 
 
-def generate(path, *args, providers="auto", intra_op_num_threads=1, **kwargs):
+def generate(path, *args, providers="auto", intra_op_num_threads=None, **kwargs):
     """Load the generation graphs at `path` and generate (see the module docstring).
 
     Args:

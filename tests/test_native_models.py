@@ -76,9 +76,9 @@ def test_graph_names_axes_and_fuses_attention():
     ops = [node.op_type for node in proto.graph.node]
     assert ops.count("Attention") == 1 + 2  # self-attention: projection + attention in one op
     assert ops.count("MultiHeadAttention") == 2  # cross-attention
-    # post-norm: every residual Add + output bias + LayerNorm is one SkipLayerNormalization
-    assert ops.count("SkipLayerNormalization") == 2 * 1 + 3 * 2
-    assert "Softmax" not in ops and "LayerNormalization" not in ops
+    # standard LayerNormalization (onnxruntime's SkipLayerNormalization is slower on CPU)
+    assert ops.count("LayerNormalization") == 2 * 1 + 3 * 2 and "SkipLayerNormalization" not in ops
+    assert "Softmax" not in ops
     # the tied embedding is stored once: one (vocab, d_model) initializer
     assert sum(tuple(t.dims) == (VOCAB, 16) for t in proto.graph.initializer) == 1
 
