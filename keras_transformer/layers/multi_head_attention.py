@@ -17,7 +17,7 @@ from keras_transformer.layers._validation import (
 )
 
 # Added to the logits of masked positions. Softmax runs in float32, so this is safe in every
-# compute dtype; a row with no allowed position becomes a uniform average: finite, never NaN.
+# compute dtype; a row with no allowed position becomes a (near-)uniform average: finite, never NaN.
 _MASKED_LOGIT = -1e9
 
 
@@ -119,9 +119,14 @@ class MultiHeadAttention(keras.layers.Layer):
         if self.use_bias:
             bias = biases[0] if len(biases) == 1 else ops.concatenate(biases, axis=-1)
             y = y + ops.cast(bias, x.dtype)
-        y = ops.reshape(y, (-1, ops.shape(x)[1], len(kernels), self.num_heads, self.head_dim))
-        y = ops.transpose(y, (2, 0, 3, 1, 4))  # (parts, batch, heads, length, head_dim)
-        return [y[i] for i in range(len(kernels))]
+        # Split on the feature axis (its gradient is one concat; indexing a 5-D transpose made
+        # zero-filled gradients per part), then (batch, length, h, d_k) -> (batch, h, length, d_k).
+        parts = ops.split(y, len(kernels), axis=-1) if len(kernels) > 1 else [y]
+        length = ops.shape(x)[1]
+        return [
+            ops.transpose(ops.reshape(p, (-1, length, self.num_heads, self.head_dim)), (0, 2, 1, 3))
+            for p in parts
+        ]
 
     def compute_key_value_cache(self, value, key=None):
         """Project `value` (and `key`) once into a `(batch, 2, h, length, d_k)` cache.
@@ -264,7 +269,10 @@ class MultiHeadAttention(keras.layers.Layer):
         logits = ops.matmul(queries * ops.cast(scale, queries.dtype), ops.swapaxes(keys, -1, -2))
         logits = ops.cast(logits, "float32")  # softmax in float32 under mixed precision
         if mask is not None:
-            logits = ops.where(ops.expand_dims(mask, 1), logits, _MASKED_LOGIT)
+            # An additive bias built on the small (batch|1, T, S) mask: cheaper than a `where` on
+            # the full logits (and its gradient); masked logits still end up at -1e9.
+            bias = ops.where(mask, 0.0, _MASKED_LOGIT)
+            logits = logits + ops.expand_dims(ops.cast(bias, "float32"), 1)
         scores = ops.cast(ops.softmax(logits, axis=-1), queries.dtype)
         attended = ops.matmul(self.dropout_layer(scores, training=training), values)
         attended = ops.transpose(attended, (0, 2, 1, 3))
