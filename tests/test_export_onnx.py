@@ -215,7 +215,6 @@ def test_model_families_export_and_validate(family, tmp_path):
 
 def test_precision_plumbing_validates_with_the_precision_comparator(user_export, tmp_path, monkeypatch):
     """precision="fp16" goes through export.precision.convert and the scaled fp16 tolerance."""
-    pytest.importorskip("export.precision")
     model, path, _ = user_export
     monkeypatch.setattr(tracing, "trace", lambda *args, **kwargs: onnx.load(path))
     report = export.to_onnx(model, tmp_path / "model.onnx", method="tracing", precision="fp16", max_length=4)
@@ -227,12 +226,11 @@ def test_precision_plumbing_validates_with_the_precision_comparator(user_export,
 
 
 def test_auto_method_uses_the_native_emitter_when_it_supports_the_model(tmp_path):
-    native = pytest.importorskip("export.native")
-    if not callable(getattr(native, "supports", None)):
-        pytest.skip("export.native has no supports() yet")
+    from export import native
+
     model = fx.randomize(fx.family_models()["decoder_only"])
-    expected = "native" if native.supports(model) else "tracing"
+    assert native.supports(model), native.unsupported_reason(model)
     report = export.to_onnx(model, tmp_path / "model.onnx", max_length=6)
-    assert report.method == expected and report.validation.passed
-    assert export.load_metadata(tmp_path / "model.onnx")["keras_transformer.export_method"] == expected
+    assert report.method == "native" and report.validation.passed
+    assert export.load_metadata(tmp_path / "model.onnx")["keras_transformer.export_method"] == "native"
     assert [(i.name, i.shape) for i in report.inputs] == [("token_ids", ("batch", "sequence"))]
