@@ -46,12 +46,31 @@ What changed the numbers (each measured A/B, interleaved):
   faster than one thread (see `export.decoding._session`); IO binding (present KV bound as the
   next past) measured no faster than `session.run` (2.2 against 2.0 ms per step), so it is not used.
 
-Why the two misses stand: a decoding step is a matrix-vector product over all ~21 MB of float32
-weights, memory-bound (0.99 ms/token is ~21 GB/s); only fewer bytes (int8: 0.56 ms/token) move it.
+Second session, 2026-11-21 16:03 UTC, same command (load 1.2 at the end; keras-hub XLA slower
+than at 14:50 on this shared machine): native / Keras export 0.74 at 1 x 128, 0.80 at 16 x 128
+(native at 77% / 92% of the peak); int8 1.34x (vocab MatMul alone 1.79x); export + validation
+2.25 s vs 15.6 s; generation fp32 1.54 ms/token = 0.47x keras-hub XLA (3.30 ms), int8 0.28x, and
+the new floor (`decode_matmul_floor`: the step's MatMuls alone, same session options) 0.87 ms =
+0.26x. Generation rounds now pause 0.1 s before each call (`settle_s`), because threads that
+spin after a call (onnxruntime's default, ~50 ms of one core, measured) slowed whichever runner
+came next: without the pause a spinning variant of our generator looked 30% faster than ours,
+with it the two are equal (1.16 against 1.14 ms/token).
+
+Why the two misses stand. fp32 generation: even a graph of nothing but one step's MatMuls (all
+~21 MB of float32 weights read per token) is at 0.26x, so <= 0.33x leaves 0.07x for everything
+else, and our step costs 1.5-1.8x that floor. Where the rest goes (interleaved, one process
+without TensorFlow, ms per token): floor 0.69-0.79, our step graph with a fixed 48-token past
+1.13-1.18 (onnxruntime's MultiHeadAttention for one query costs ~40 us per layer, measured alone;
+GroupQueryAttention ~35 us; ~50 small nodes ~1-2 us each), feeding each step's `present.*` back as
+the next `past_key_values.*` +0.13, our Python loop +0.03. Tried, not better: SkipLayerNormalization
+in the step graph (-16 nodes; 0.95 against 0.91 ms per step), the portable attention (1.05),
+IO binding with preallocated ping-pong cache buffers (1.72 against 1.68 ms/token), OrtValue
+chaining without numpy (slower), spinning between runs (equal once measured fairly, above).
 int8 at 16 x 128 cannot exceed the speed-up of its matmuls, and the biggest one alone reaches
 only 1.5-2.1x across runs on this CPU (AVX2 u8s8 without VNNI; 7-bit weights, see
 `export.precision`); the float32 softmax, GELU, LayerNorm and the 65 MB logits output are the
-same in both. Tried and
+same in both (profile at 16 x 128, 2 threads: MatMul 136 ms fp32 against 90 ms int8
+DynamicQuantizeMatMul; Attention 36 against QAttention 28). Tried and
 not better: per-tensor weights (1.68x against 1.64x, 1 thread), quantizing MatMuls only (1.45x),
 full-range weights (1.44x), `MatMulNBits` 8-bit (slower than fp32 at this size).
 The machine was shared with other engineers during development; only ratios from one run mean
@@ -59,11 +78,17 @@ something (runs under load 2-4, with the spinning artifact, gave 1.09-1.30 at 1 
 """
 
 import os
-import statistics
 import tempfile
 import time
 
 from bench import common
+from bench.ort_yardsticks import (
+    decode_matmul_floor,
+    int8_matmul_ceiling,
+    interleaved,
+    ort_matmul_peak_call,
+    ort_session,
+)
 
 VOCAB, LAYERS, D_MODEL, HEADS, D_FF, MAX_POSITIONS = 8000, 4, 256, 4, 1024, 256
 PROMPT, NEW_TOKENS = 16, 64
@@ -75,76 +100,6 @@ def forward_flops(batch, length):
     tokens = batch * length
     per_layer = 2 * tokens * D_MODEL * (4 * D_MODEL + 2 * D_FF) + 2 * 2 * batch * length * length * D_MODEL
     return LAYERS * per_layer + 2 * tokens * D_MODEL * VOCAB
-
-
-def ort_session(path_or_bytes, threads):
-    """The session options every graph here runs with, ours and the peers alike: all graph
-    optimizations, `threads` intra-op threads, onnxruntime's defaults otherwise, except that
-    worker threads stop spinning when a run returns (`session.force_spinning_stop`). Several
-    sessions take turns here; with onnxruntime's default, one session's workers keep spinning
-    after its run and slow down the next session's run (measured: 1 x 128 took 35-50 ms per
-    graph instead of 11-14 ms, in an order-dependent way)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
-
-
-def interleaved(calls, repeats, warmup=2):
-    """Median seconds of each `{name: call}`; the calls take turns, one each per round, so that
-    load from other processes on a shared machine falls on all of them alike."""
-    samples = {name: [] for name in calls}
-    for round_index in range(repeats + warmup):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            if round_index >= warmup:
-                samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def _matmul_model(rows, depth, columns, chained=1):
-    """A float32 graph of `chained` MatMuls by one constant (depth, columns) weight."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    weight = numpy_helper.from_array((np.random.rand(depth, columns) / depth).astype("float32"), "w")
-    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"y{i - 1}", "w"], [f"y{i}"]) for i in range(chained)]
-    graph = helper.make_graph(nodes, "matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, depth])],
-                              [helper.make_tensor_value_info(f"y{chained - 1}", TensorProto.FLOAT, [rows, columns])],
-                              [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
-def ort_matmul_peak_call(threads, size=1024):
-    """`(call, flops)`: four chained float32 (size x size) MatMuls in onnxruntime, the yardstick
-    for "fraction of peak" (timed in the same rounds as the graphs, so under the same load)."""
-    import numpy as np
-
-    session = ort_session(_matmul_model(size, size, size, chained=4).SerializeToString(), threads)
-    x = (np.random.rand(size, size) / size).astype("float32")
-    return (lambda: session.run(None, {"x": x})), 4 * 2 * size**3
-
-
-def int8_matmul_ceiling(threads, repeats):
-    """fp32 / int8 time of the model's largest MatMul alone (16 x 128 tokens by the (256, 8000)
-    vocabulary projection), quantized exactly as `export.precision` quantizes the model: the
-    int8 speed-up a whole model cannot exceed on this CPU."""
-    import numpy as np
-
-    from export.precision import to_int8
-
-    fp32 = _matmul_model(16 * 128, D_MODEL, VOCAB)
-    sessions = {"fp32": ort_session(fp32.SerializeToString(), threads),
-                "int8": ort_session(to_int8(fp32).SerializeToString(), threads)}
-    x = np.random.default_rng(0).normal(size=(16 * 128, D_MODEL)).astype("float32")
-    times = interleaved({name: (lambda s=s: s.run(None, {"x": x})) for name, s in sessions.items()}, repeats)
-    return times["fp32"] / times["int8"]
 
 
 def node_count(path):
@@ -276,13 +231,19 @@ def onnx_generator(folder, **options):
 def generation_ms_per_token(runs, repeats):
     """Median ms per new token of each `{name: run}` (prefill included), the runs taking turns."""
     def checked(name, run):
+        if name == "matmul_floor":  # not a generator (see `decode_matmul_floor`)
+            return run
+
         def call():
             tokens = run()
             tokens = tokens["token_ids"] if isinstance(tokens, dict) else tokens  # keras-hub: a dict
             assert tokens.shape[-1] == PROMPT + NEW_TOKENS, (name, tokens.shape)
         return call
 
-    seconds = interleaved({name: checked(name, run) for name, run in runs.items()}, repeats, warmup=1)
+    # The generation sessions spin between steps (see `export.decoding._session`), and so for
+    # ~50 ms after a call: the pause keeps that off the next runner's clock.
+    seconds = interleaved({name: checked(name, run) for name, run in runs.items()}, repeats, warmup=1,
+                          settle_s=0.1)
     return {name: 1000 * value / NEW_TOKENS for name, value in seconds.items()}
 
 
@@ -297,10 +258,10 @@ def main(argv=()):
         nodes = {name: node_count(paths[name]) for name in LATENCY_GRAPHS}
         nodes["generation/decoder_with_past"] = node_count(os.path.join(paths["generation"], "decoder_with_past.onnx"))
         peak_tf = common.matmul_peak_flops(repeats=repeats)
-        int8_ceiling = int8_matmul_ceiling(threads, repeats)
+        int8_ceiling = int8_matmul_ceiling(threads, repeats, 16 * 128, D_MODEL, VOCAB)
         times, peaks = latency(paths, shapes, threads, repeats)
         # One thread as well: less disturbed when other processes share the cores.
-        int8_ceiling_1 = int8_matmul_ceiling(1, repeats)
+        int8_ceiling_1 = int8_matmul_ceiling(1, repeats, 16 * 128, D_MODEL, VOCAB)
         times_1, _ = latency(paths, shapes, 1, repeats, names=("keras_export", "native", "native_portable", "native_int8"))
         generation = generation_ms_per_token({
             "onnx": onnx_generator(paths["generation"]),
@@ -308,6 +269,7 @@ def main(argv=()):
             "onnx_int8": onnx_generator(paths["generation_int8"]),
             "keras_hub_xla": hub_generator(hub.backbone, True),
             "keras_hub_no_xla": hub_generator(hub.backbone, False),
+            "matmul_floor": decode_matmul_floor(folder, LAYERS, D_MODEL, D_FF, VOCAB, NEW_TOKENS),
         }, repeats)
     predict = keras_predict_seconds(ours, repeats)
     return report(locals())
@@ -339,6 +301,8 @@ def report(m):
         "onnx generate 1 thread / keras-hub XLA": generation["onnx_1_thread"] / hub_xla,
         "onnx generate int8 / keras-hub XLA": generation["onnx_int8"] / hub_xla,
         "onnx generate / keras-hub no XLA": generation["onnx"] / generation["keras_hub_no_xla"],
+        "the step's MatMuls alone (fp32 floor) / keras-hub XLA": generation["matmul_floor"] / hub_xla,
+        "onnx generate / the step's MatMuls alone": generation["onnx"] / generation["matmul_floor"],
         "to_onnx native + validation / keras model.export (target < 1)":
             export_times["to_onnx_native_with_validation_s"] / export_times["keras_model_export_onnx_s"],
         "keras predict / native @16x128": m["predict"] / times["native"]["16x128"],
