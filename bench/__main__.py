@@ -12,7 +12,7 @@ import traceback
 
 import bench
 
-_NOT_BENCHMARKS = {"common", "__main__"}
+_NOT_BENCHMARKS = {"common", "ort_yardsticks", "__main__"}
 
 
 def available():

@@ -20,8 +20,9 @@ same-run matmul peak 113 GFLOP/s: decoder ours 2,411 tokens/s vs best peer (kera
 68-70% of the same-run peak (the goal's "about 70%"), the peers 57-64%, so the 1.2x ratio is
 not met. XLA is slower for our stacks (0.84x / 0.95x of ours without it).
 
-Where the time goes (stack only: embedding + 4 blocks, forward + backward in one
-`tf.function`, no logits; interleaved, min / median of 12-15 alternations): ours 437-506 /
+Where the time goes (`stack_seconds`, also printed by this benchmark: embedding + 4 blocks,
+forward + backward in one `tf.function`, no logits; interleaved, min / median of 12-15
+alternations, several runs): ours 437-506 /
 497-586 ms, keras-hub 582-672 / 663-752 ms, core Keras 573-662 / 631-720 ms: our stack is
 1.18-1.34x the peers' (same-run ratios). The vocabulary projection, its loss and Adam (~45% of a
 step) are the same for everyone and dilute that to ~1.1x. In our step (TensorFlow profiler, one inter-op thread):
@@ -37,6 +38,7 @@ products 4x faster but every stack equal (ours 511 ms, peers 524-535 ms).
 
 import argparse
 import gc
+import statistics
 import time
 
 from bench import common  # noqa: I001 - sets the TensorFlow environment before keras loads
@@ -145,6 +147,41 @@ class _EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+def stack_seconds(implementations, families, sizes, repeats):
+    """`{(implementation, family): (min, median)}` seconds of one forward + backward pass of the
+    stack alone: embedding and blocks, without the vocabulary projection, the loss and the
+    optimizer, which are the same for everyone. One `tf.function` per stack, calls interleaved
+    (alternating order), gradients of every weight against a fixed random upstream gradient."""
+    ids = tf.constant(np.random.default_rng(1).integers(1, sizes["vocab_size"], (sizes["batch"], sizes["length"]),
+                                                        dtype=np.int32))
+    upstream = tf.random.stateless_normal((sizes["batch"], sizes["length"], sizes["d_model"]), seed=(1, 2))
+    steps = {}
+    for implementation in implementations:
+        for family in families:
+            keras.utils.set_random_seed(0)
+            inputs = keras.Input((sizes["length"],), dtype="int32")
+            stack = keras.Model(inputs, BUILDERS[implementation](family, sizes, inputs))
+
+            @tf.function
+            def step(stack=stack):
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_sum(stack(ids, training=True) * upstream)
+                grads = tape.gradient(loss, stack.trainable_variables)
+                return tf.add_n([tf.reduce_sum(tf.convert_to_tensor(g)) for g in grads])
+
+            step()  # trace
+            steps[(implementation, family)] = step
+    samples = {key: [] for key in steps}
+    order = list(steps)
+    for round_index in range(repeats + 1):
+        for key in order if round_index % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            steps[key]().numpy()
+            if round_index:  # the first round warms up
+                samples[key].append(time.perf_counter() - start)
+    return {key: (min(values), statistics.median(values)) for key, values in samples.items()}
+
+
 def run(quick=False, implementations=IMPLEMENTATIONS, families=FAMILIES, jit_modes=(False, True),
         steps=None, rounds=None, log=print):
     """Measure every (implementation, family, jit) configuration; return a result dict."""
@@ -191,6 +228,15 @@ def run(quick=False, implementations=IMPLEMENTATIONS, families=FAMILIES, jit_mod
     gc.collect()
     peak = max(peak, common.matmul_peak_flops())
 
+    log("Stack alone (forward + backward, no logits/loss/optimizer) ...")
+    stacks = stack_seconds(implementations, families, sizes, repeats=4 if quick else 15)
+    stack_only = []
+    for (implementation, family), (fastest, median) in stacks.items():
+        peer_medians = [m for (i, f), (_, m) in stacks.items() if f == family and i != "ours"]
+        ratio = min(peer_medians) / median if implementation == "ours" and peer_medians else None
+        stack_only.append(dict(implementation=implementation, family=family, min_ms=fastest * 1e3,
+                               median_ms=median * 1e3, best_peer_median_over_this_median=ratio))
+
     train_flops = 3 * forward_flops_per_token(sizes)
     results = []
     for key, step_seconds in best.items():
@@ -211,7 +257,7 @@ def run(quick=False, implementations=IMPLEMENTATIONS, families=FAMILIES, jit_mod
     return dict(benchmark="training", quick=quick, sizes=sizes, steps_per_epoch=steps,
                 rounds=rounds, matmul_peak_gflops=peak / 1e9,
                 train_flops_per_token=train_flops, machine=common.machine_info(),
-                results=results)
+                results=results, stack_only=stack_only)
 
 
 def report(data):
@@ -229,6 +275,12 @@ def report(data):
         f"Training (model.fit), batch {data['sizes']['batch']}x{data['sizes']['length']}; "
         f"matmul peak {data['matmul_peak_gflops']:.0f} GFLOP/s",
         ["configuration", "tokens/s", "of peak", "vs best peer", "infer ms/batch"], rows)
+    common.print_table(
+        "Stack alone: forward + backward, no vocabulary projection, loss or optimizer",
+        ["stack", "min ms", "median ms", "best peer / ours (medians)"],
+        [[f"{r['family']} {r['implementation']}", f"{r['min_ms']:.0f}", f"{r['median_ms']:.0f}",
+          "" if r["best_peer_median_over_this_median"] is None else f"{r['best_peer_median_over_this_median']:.2f}x"]
+         for r in sorted(data.get("stack_only", []), key=lambda r: (r["family"], r["median_ms"]))])
     json_path = common.write_json("training", data)
     png_path = common.write_bar_chart("training", bars, "Training tokens/s (model.fit)", "tokens/s")
     print(f"wrote {json_path} and {png_path}")
