@@ -18,7 +18,10 @@ both jit modes), 2-core AMD EPYC, TensorFlow 2.21 (oneDNN off, its default on th
 same-run matmul peak 113 GFLOP/s: decoder ours 2,411 tokens/s vs best peer (keras-hub, no XLA)
 2,220 = 1.09x; encoder ours 2,333 vs best peer (keras-hub, XLA) 2,117 = 1.10x. Ours reaches
 68-70% of the same-run peak (the goal's "about 70%"), the peers 57-64%, so the 1.2x ratio is
-not met. XLA is slower for our stacks (0.84x / 0.95x of ours without it).
+not met. XLA is slower for our stacks (0.84x / 0.95x of ours without it). A second full run
+(16:55-17:07 UTC): decoder 2,230 vs core Keras 2,225 = 1.00x, encoder 2,367 vs core Keras (XLA)
+2,193 = 1.08x; stack alone (below) 1.25x / 1.29x: the fit-level ratio moves ~10% between runs
+on this machine, the stack-alone ratio ~3%.
 
 Where the time goes (`stack_seconds`, also printed by this benchmark: embedding + 4 blocks,
 forward + backward in one `tf.function`, no logits; interleaved, min / median of 12-15
