@@ -33,6 +33,32 @@ def time_call(fn, repeats=10, warmup=2):
     return statistics.median(samples), samples
 
 
+def interleaved(calls, repeats, warmup=2, settle_s=0.0, alternate=False, statistic=statistics.median):
+    """`{name: statistic(seconds)}` of each `{name: call}`: the calls take turns, one each per
+    round, so that load from other processes on a shared machine falls on all of them alike.
+
+    Args:
+        warmup: untimed rounds first.
+        settle_s: an untimed pause before each call, so that threads still spinning after the
+            previous call (onnxruntime workers spin ~50 ms after a run unless told to stop)
+            slow nobody.
+        alternate: reverse the order every other round, so that a load that rises or falls
+            during the rounds favours nobody.
+        statistic: applied to each call's list of timed seconds.
+    """
+    samples = {name: [] for name in calls}
+    order = list(calls)
+    for round_index in range(repeats + warmup):
+        for name in order[::-1] if alternate and round_index % 2 else order:
+            if settle_s:
+                time.sleep(settle_s)
+            start = time.perf_counter()
+            calls[name]()
+            if round_index >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistic(values) for name, values in samples.items()}
+
+
 def matmul_peak_flops(size=1024, repeats=10):
     """Float32 matmul throughput (FLOP/s) of this machine, measured now with TensorFlow.
 

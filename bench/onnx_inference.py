@@ -82,13 +82,8 @@ import tempfile
 import time
 
 from bench import common
-from bench.ort_yardsticks import (
-    decode_matmul_floor,
-    int8_matmul_ceiling,
-    interleaved,
-    ort_matmul_peak_call,
-    ort_session,
-)
+from bench.common import interleaved
+from bench.ort_yardsticks import decode_matmul_floor, int8_matmul_ceiling, ort_matmul_peak_call, ort_session
 
 VOCAB, LAYERS, D_MODEL, HEADS, D_FF, MAX_POSITIONS = 8000, 4, 256, 4, 1024, 256
 PROMPT, NEW_TOKENS = 16, 64

@@ -1,10 +1,10 @@
 """Yardsticks measured in the same run as the graphs they judge: onnxruntime session options
-shared by every graph, interleaved timing, a float32 MatMul peak, the int8 MatMul ceiling and the
-MatMul-only floor of a decoding step (see `bench/onnx_inference.py`)."""
+shared by every graph, a float32 MatMul peak, the int8 MatMul ceiling and the MatMul-only floor
+of a decoding step (see `bench/onnx_inference.py`)."""
 
 import os
-import statistics
-import time
+
+from bench.common import interleaved
 
 
 def ort_session(path_or_bytes, threads):
@@ -21,23 +21,6 @@ def ort_session(path_or_bytes, threads):
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
-
-
-def interleaved(calls, repeats, warmup=2, settle_s=0.0):
-    """Median seconds of each `{name: call}`; the calls take turns, one each per round, so that
-    load from other processes on a shared machine falls on all of them alike. `settle_s`: an
-    untimed pause before each call, so that threads still spinning after the previous call
-    (onnxruntime workers spin ~50 ms after a run unless told to stop) slow nobody."""
-    samples = {name: [] for name in calls}
-    for round_index in range(repeats + warmup):
-        for name, call in calls.items():
-            if settle_s:
-                time.sleep(settle_s)
-            start = time.perf_counter()
-            call()
-            if round_index >= warmup:
-                samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def _matmul_model(rows, depth, columns, chained=1):
@@ -108,8 +91,8 @@ def decode_matmul_floor(folder, layers, d_model, d_ff, vocab, steps):
     weights.append(numpy_helper.from_array(rng.random((d_model, vocab), dtype=np.float32) / d_model, "vocab"))
     nodes.append(helper.make_node("MatMul", [x, "vocab"], ["logits"]))
     outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, vocab]))
-    graph = helper.make_graph(nodes, "decode_matmuls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, d_model])],
-                              outputs, weights)
+    step_input = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, d_model])
+    graph = helper.make_graph(nodes, "decode_matmuls", [step_input], outputs, weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path = os.path.join(folder, "decode_matmul_floor.onnx")

@@ -25,18 +25,18 @@ on this machine, the stack-alone ratio ~3%.
 
 Where the time goes (`stack_seconds`, also printed by this benchmark: embedding + 4 blocks,
 forward + backward in one `tf.function`, no logits; interleaved, min / median of 12-15
-alternations, several runs): ours 437-506 /
-497-586 ms, keras-hub 582-672 / 663-752 ms, core Keras 573-662 / 631-720 ms: our stack is
-1.18-1.34x the peers' (same-run ratios). The vocabulary projection, its loss and Adam (~45% of a
-step) are the same for everyone and dilute that to ~1.1x. In our step (TensorFlow profiler, one inter-op thread):
-MatMul 47% (these shapes run at 95-130 GFLOP/s in Eigen), the attention's batched 128 x 64
-products 16% (Eigen runs them at 20-40 GFLOP/s), LayerNorm ~11%, dropout ~10% (its random
-numbers alone ~5.5 ns per element). Tried, none measurably faster at `model.fit` level on this
-shared machine (run-to-run spread +-10%): a LayerNorm with a hand-written gradient, 1/sqrt(d_k)
-folded into the query projection, dropout drawing one 32-bit random word per 2 (16-bit
-thresholds) or 4 (8-bit, rates in steps of 1/256) elements (stack-only 1.03-1.16x, not confirmed
-by `fit`), the feed-forward as 2-D MatMul + BiasAdd; TF_ENABLE_ONEDNN_OPTS=1 makes the batched
-products 4x faster but every stack equal (ours 511 ms, peers 524-535 ms).
+alternations, several runs): ours 437-506 / 497-586 ms, keras-hub 582-672 / 663-752 ms, core
+Keras 573-662 / 631-720 ms: our stack is 1.18-1.34x the peers' (same-run ratios). The vocabulary
+projection, its loss and Adam (~45% of a step) are the same for everyone and dilute that to
+~1.1x. In our step (TensorFlow profiler, one inter-op thread): MatMul 47% (these shapes run at
+95-130 GFLOP/s in Eigen), the attention's batched 128 x 64 products 16% (Eigen runs them at
+20-40 GFLOP/s), LayerNorm ~11%, dropout ~10% (its random numbers alone ~5.5 ns per element).
+Tried, none measurably faster at `model.fit` level on this shared machine (run-to-run spread
++-10%): a LayerNorm with a hand-written gradient, 1/sqrt(d_k) folded into the query projection,
+dropout drawing one 32-bit random word per 2 (16-bit thresholds) or 4 (8-bit, rates in steps of
+1/256) elements (stack-only 1.03-1.16x, not confirmed by `fit`), the feed-forward as 2-D MatMul
++ BiasAdd; TF_ENABLE_ONEDNN_OPTS=1 makes the batched products 4x faster but every stack equal
+(ours 511 ms, peers 524-535 ms).
 """
 
 import argparse
@@ -153,8 +153,9 @@ class _EpochTimer(keras.callbacks.Callback):
 def stack_seconds(implementations, families, sizes, repeats):
     """`{(implementation, family): (min, median)}` seconds of one forward + backward pass of the
     stack alone: embedding and blocks, without the vocabulary projection, the loss and the
-    optimizer, which are the same for everyone. One `tf.function` per stack, calls interleaved
-    (alternating order), gradients of every weight against a fixed random upstream gradient."""
+    optimizer, which are the same for everyone. One `tf.function` per stack (traced in the first
+    of two warm-up rounds), calls interleaved in alternating order, gradients of every weight
+    against a fixed random upstream gradient."""
     ids = tf.constant(np.random.default_rng(1).integers(1, sizes["vocab_size"], (sizes["batch"], sizes["length"]),
                                                         dtype=np.int32))
     upstream = tf.random.stateless_normal((sizes["batch"], sizes["length"], sizes["d_model"]), seed=(1, 2))
@@ -172,17 +173,9 @@ def stack_seconds(implementations, families, sizes, repeats):
                 grads = tape.gradient(loss, stack.trainable_variables)
                 return tf.add_n([tf.reduce_sum(tf.convert_to_tensor(g)) for g in grads])
 
-            step()  # trace
-            steps[(implementation, family)] = step
-    samples = {key: [] for key in steps}
-    order = list(steps)
-    for round_index in range(repeats + 1):
-        for key in order if round_index % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            steps[key]().numpy()
-            if round_index:  # the first round warms up
-                samples[key].append(time.perf_counter() - start)
-    return {key: (min(values), statistics.median(values)) for key, values in samples.items()}
+            steps[(implementation, family)] = lambda step=step: step().numpy()
+    return common.interleaved(steps, repeats, warmup=2, alternate=True,
+                              statistic=lambda seconds: (min(seconds), statistics.median(seconds)))
 
 
 def run(quick=False, implementations=IMPLEMENTATIONS, families=FAMILIES, jit_modes=(False, True),
