@@ -33,7 +33,8 @@ def time_call(fn, repeats=10, warmup=2):
     return statistics.median(samples), samples
 
 
-def interleaved(calls, repeats, warmup=2, settle_s=0.0, alternate=False, statistic=statistics.median):
+def interleaved(calls, repeats, warmup=2, settle_s=0.0, alternate=False, statistic=statistics.median,
+                self_timed=False):
     """`{name: statistic(seconds)}` of each `{name: call}`: the calls take turns, one each per
     round, so that load from other processes on a shared machine falls on all of them alike.
 
@@ -45,6 +46,8 @@ def interleaved(calls, repeats, warmup=2, settle_s=0.0, alternate=False, statist
         alternate: reverse the order every other round, so that a load that rises or falls
             during the rounds favours nobody.
         statistic: applied to each call's list of timed seconds.
+        self_timed: each call returns its own seconds (e.g. an epoch timer that leaves out
+            `fit`'s set-up) instead of being timed here.
     """
     samples = {name: [] for name in calls}
     order = list(calls)
@@ -53,9 +56,9 @@ def interleaved(calls, repeats, warmup=2, settle_s=0.0, alternate=False, statist
             if settle_s:
                 time.sleep(settle_s)
             start = time.perf_counter()
-            calls[name]()
+            reported = calls[name]()
             if round_index >= warmup:
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append(reported if self_timed else time.perf_counter() - start)
     return {name: statistic(values) for name, values in samples.items()}
 
 

@@ -223,12 +223,10 @@ def onnx_generator(folder, **options):
     return lambda: generator.generate([prompt], max_new_tokens=NEW_TOKENS, temperature=0.0)
 
 
-def generation_ms_per_token(runs, repeats):
-    """Median ms per new token of each `{name: run}` (prefill included), the runs taking turns."""
+def generation_ms_per_token(generators, repeats, yardsticks=()):
+    """Median ms per new token of each `{name: run}` of `generators` (prefill included; their
+    output length is checked) and of `yardsticks` (timed as they are), all taking turns."""
     def checked(name, run):
-        if name == "matmul_floor":  # not a generator (see `decode_matmul_floor`)
-            return run
-
         def call():
             tokens = run()
             tokens = tokens["token_ids"] if isinstance(tokens, dict) else tokens  # keras-hub: a dict
@@ -237,8 +235,8 @@ def generation_ms_per_token(runs, repeats):
 
     # The generation sessions spin between steps (see `export.decoding._session`), and so for
     # ~50 ms after a call: the pause keeps that off the next runner's clock.
-    seconds = interleaved({name: checked(name, run) for name, run in runs.items()}, repeats, warmup=1,
-                          settle_s=0.1)
+    calls = {name: checked(name, run) for name, run in generators.items()}
+    seconds = interleaved({**calls, **dict(yardsticks)}, repeats, warmup=1, settle_s=0.1)
     return {name: 1000 * value / NEW_TOKENS for name, value in seconds.items()}
 
 
@@ -264,8 +262,9 @@ def main(argv=()):
             "onnx_int8": onnx_generator(paths["generation_int8"]),
             "keras_hub_xla": hub_generator(hub.backbone, True),
             "keras_hub_no_xla": hub_generator(hub.backbone, False),
+        }, repeats, yardsticks={
             "matmul_floor": decode_matmul_floor(folder, LAYERS, D_MODEL, D_FF, VOCAB, NEW_TOKENS),
-        }, repeats)
+        })
     predict = keras_predict_seconds(ours, repeats)
     return report(locals())
 

@@ -23,6 +23,15 @@ def ort_session(path_or_bytes, threads):
     return ort.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
 
 
+def _model(graph):
+    """An ONNX model of `graph` at opset 17 / IR 8, which every onnxruntime in use here loads."""
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def _matmul_model(rows, depth, columns, chained=1):
     """A float32 graph of `chained` MatMuls by one constant (depth, columns) weight."""
     import numpy as np
@@ -33,9 +42,7 @@ def _matmul_model(rows, depth, columns, chained=1):
     graph = helper.make_graph(nodes, "matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, depth])],
                               [helper.make_tensor_value_info(f"y{chained - 1}", TensorProto.FLOAT, [rows, columns])],
                               [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return _model(graph)
 
 
 def ort_matmul_peak_call(threads, size=1024):
@@ -93,10 +100,8 @@ def decode_matmul_floor(folder, layers, d_model, d_ff, vocab, steps):
     outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, vocab]))
     step_input = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, d_model])
     graph = helper.make_graph(nodes, "decode_matmuls", [step_input], outputs, weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     path = os.path.join(folder, "decode_matmul_floor.onnx")
-    onnx.save(model, path)
+    onnx.save(_model(graph), path)
     session = _new_session(path, ["CPUExecutionProvider"], 0)
     feeds = {"x": rng.random((1, d_model), dtype=np.float32)}
 

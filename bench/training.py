@@ -7,8 +7,8 @@ untied output projection everywhere so every model does the same arithmetic). In
 a repeated `tf.data` dataset (numpy inputs to `fit` stall at the start of some epochs).
 
 All models are built and warmed up first (and one untimed round), then timed in interleaved
-rounds (one 5-step epoch of each model per round, in alternating order, the median round kept), so a busy neighbour on a
-shared machine slows every model alike. Results: ratios against the best peer of the same
+rounds (one 5-step epoch of each model per round, in alternating order, the median round
+kept), so a busy neighbour on a shared machine slows every model alike. Results: ratios against the best peer of the same
 family, and the fraction of the float32 matmul peak measured in the same run (a training step
 counted as three forward passes). Our model with no blocks ("head only": embedding, vocabulary
 projection, loss, Adam) runs in the same rounds, which splits a step into what every model
@@ -217,18 +217,15 @@ def run(quick=False, implementations=IMPLEMENTATIONS, families=FAMILIES, jit_mod
         log(f"  built + warmed {implementation:<10} {family:<7} jit={jit!s:<5} "
             f"({time.perf_counter() - start:.0f} s)")
 
-    round_seconds = {key: [] for key in models}
-    order = list(models)
-    # Round 0 is not timed: the first epochs after building ran 25-40% slower (measured).
-    for round_index in range(rounds + 1):
-        # Alternate the order so a load that rises or falls during the run favours nobody.
-        for key in order if round_index % 2 == 0 else order[::-1]:
-            timer = _EpochTimer()
-            models[key].fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False,
-                            callbacks=[timer])
-            if round_index:
-                round_seconds[key].append(timer.seconds[0] / steps)
-        log(f"  round {round_index}/{rounds} done" + (" (warm-up, not timed)" if not round_index else ""))
+    def epoch(model):
+        timer = _EpochTimer()
+        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+        return timer.seconds[0] / steps
+
+    log(f"  timing 1 untimed + {rounds} timed rounds of {steps} steps, in alternating order ...")
+    # The first epochs after building ran 25-40% slower (measured): one round is not timed.
+    round_seconds = common.interleaved({key: (lambda model=model: epoch(model)) for key, model in models.items()},
+                                       rounds, warmup=1, alternate=True, statistic=list, self_timed=True)
     # The median round: on a shared machine the best round of one model and of another can fall
     # in a quiet and a busy moment; the median of several interleaved rounds is steadier.
     step_seconds = {key: statistics.median(values) for key, values in round_seconds.items()}
@@ -282,6 +279,10 @@ def _goal_needs(step_seconds, families, sizes, peak):
     with no blocks) and the rest (the blocks' forward, backward and optimizer update), for ours and
     the best peer, and how fast our rest would have to be for `TARGET_RATIO` x the best peer."""
     stack_flops = 3 * forward_flops_per_token(dict(sizes, vocab_size=0)) * sizes["batch"] * sizes["length"]
+
+    def of_peak(seconds):
+        return stack_flops / seconds / peak if seconds > 0 else float("inf")
+
     goal = []
     for family in families:
         steps = {key: seconds for key, seconds in step_seconds.items() if key[1] == family}
@@ -291,10 +292,6 @@ def _goal_needs(step_seconds, families, sizes, peak):
         if None in (head, ours, peer):
             continue
         needed = peer / TARGET_RATIO - head
-
-        def of_peak(seconds):
-            return stack_flops / seconds / peak if seconds > 0 else float("inf")
-
         goal.append(dict(family=family, head_ms=head * 1e3, ours_rest_ms=(ours - head) * 1e3,
                          best_peer_rest_ms=(peer - head) * 1e3, needed_rest_ms=needed * 1e3,
                          ours_rest_of_peak=of_peak(ours - head),
