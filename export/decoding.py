@@ -79,7 +79,8 @@ def _metadata(session):
 
 
 def _empty_cache(batch, metadata, dtype):
-    shape = (batch, metadata["num_heads"], 0, metadata["head_dim"])
+    heads = metadata.get("num_key_value_heads", metadata["num_heads"])  # the cache holds the KV heads
+    shape = (batch, heads, 0, metadata["head_dim"])
     return [np.zeros(shape, dtype) for _ in range(2 * metadata["num_layers"])]
 
 

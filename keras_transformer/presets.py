@@ -3,7 +3,7 @@
 Example:
 >>> from keras_transformer import presets
 >>> presets.list("DecoderOnlyTransformer")
-['gpt2_medium', 'gpt2_small', 'gpt_tiny']
+['gpt2_medium', 'gpt2_small', 'gpt_tiny', 'llama_tiny', 'smollm_135m']
 >>> model = DecoderOnlyTransformer.from_preset("gpt_tiny", dropout=0.0)
 >>> presets.count_parameters("gpt2_small")
 124439808
@@ -29,7 +29,20 @@ def _gpt2(num_layers, d_model, num_heads):
     return dict(
         vocab_size=50257, num_layers=num_layers, d_model=d_model, num_heads=num_heads,
         d_ff=4 * d_model, dropout=0.1, max_length=1024, positional="learned", norm_first=True,
-        activation="gelu", tie_embeddings=True, scale_embeddings=False, layer_norm_epsilon=1e-5,
+        activation="gelu_approximate", tie_embeddings=True, scale_embeddings=False,
+        layer_norm_epsilon=1e-5,
+    )
+
+
+def _llama(vocab_size, num_layers, d_model, num_heads, num_key_value_heads, d_ff, max_length,
+           rotary_max_wavelength=10000.0, tie_embeddings=False, layer_norm_epsilon=1e-5):
+    """Llama/Mistral/Qwen2 shape: pre-RMSNorm, rotary, gated SiLU feed-forward, GQA, no biases."""
+    return dict(
+        vocab_size=vocab_size, num_layers=num_layers, d_model=d_model, num_heads=num_heads,
+        num_key_value_heads=num_key_value_heads, d_ff=d_ff, dropout=0.0, max_length=max_length,
+        positional="rotary", rotary_max_wavelength=rotary_max_wavelength, norm_first=True,
+        normalization="rms_norm", use_bias=False, gated_feed_forward=True, activation="silu",
+        tie_embeddings=tie_embeddings, scale_embeddings=False, layer_norm_epsilon=layer_norm_epsilon,
     )
 
 
@@ -82,6 +95,18 @@ PRESETS = {
                     max_length=128, positional="learned", norm_first=True, activation="gelu",
                     scale_embeddings=False, layer_norm_epsilon=1e-5),
         description="A 2-layer, width-32 GPT-2-style decoder for tests and examples.",
+    ),
+    "llama_tiny": dict(
+        model="DecoderOnlyTransformer",
+        config=_llama(64, 2, 32, 4, 2, 64, 128),
+        description="A 2-layer, width-32 Llama-style decoder (4 query / 2 key-value heads).",
+    ),
+    "smollm_135m": dict(
+        model="DecoderOnlyTransformer",
+        config=_llama(49152, 30, 576, 9, 3, 1536, 2048, tie_embeddings=True),
+        description="SmolLM-135M shape (Llama architecture): 30 layers, width 576, 9 query / 3 "
+                    "key-value heads, tied embeddings, context 2048.",
+        published_parameters=134_515_008,
     ),
 }
 

@@ -8,8 +8,19 @@ import numpy as np
 
 
 def weights_of(layer):
-    """`{weight path tail: float64 array}` for a built layer, e.g. `{"query_kernel": ...}`."""
-    return {w.path.split("/")[-1]: np.asarray(w.numpy(), np.float64) for w in layer.weights}
+    """`{weight path below the layer: float64 array}` for a built layer, "/" written "_", e.g.
+    `{"query_kernel": ...}`; multi-head kernels and biases are flattened to the 2-D matrix /
+    1-D vector of the paper's formulas (`(d_in, heads * d_k)`, `(heads * d_k, d_model)`)."""
+    weights = {}
+    for w in layer.weights:
+        name = w.path[len(layer.path) + 1:].replace("/", "_")
+        value = np.asarray(w.numpy(), np.float64)
+        if name.endswith("bias") or name.startswith("attention_output_kernel"):
+            value = value.reshape(-1, value.shape[-1]) if name.endswith("kernel") else value.reshape(-1)
+        elif value.ndim == 3:  # (d_in, heads, d_k)
+            value = value.reshape(value.shape[0], -1)
+        weights[name] = value
+    return weights
 
 
 def randomize(layer_or_model, scale=0.3, seed=0):
@@ -37,38 +48,79 @@ def softmax(logits):
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def multi_head_attention(layer, query, value=None, key=None, mask=None):
-    """`Concat(head_1..h) W_O`, `head_i = softmax(Q W_Q^i (K W_K^i)^T / sqrt(d_k)) V W_V^i`.
+def rotary(x, positions, max_wavelength=10000.0, scaling_factor=1.0):
+    """RoPE, "rotate half" form, written out pair by pair: feature i pairs with i + d/2 and
+    both rotate by `position / scaling_factor * max_wavelength^(-2i/d)`. `x` is
+    `(batch, heads, length, d)`, `positions` `(length,)` or `(batch, length)`."""
+    x = np.asarray(x, np.float64)
+    half = x.shape[-1] // 2
+    positions = np.asarray(positions, np.float64)
+    positions = positions.reshape((1,) * (2 - positions.ndim) + positions.shape)[:, None, :]
+    out = np.empty_like(x)
+    for i in range(half):
+        angle = positions / scaling_factor * max_wavelength ** (-2.0 * i / x.shape[-1])
+        first, second = x[..., i], x[..., i + half]
+        out[..., i] = first * np.cos(angle) - second * np.sin(angle)
+        out[..., i + half] = second * np.cos(angle) + first * np.sin(angle)
+    return out
 
+
+def multi_head_attention(layer, query, value=None, key=None, mask=None, bias=None, positions=None):
+    """`Concat(head_1..h) W_O`, `head_i = softmax(Q W_Q^i (K W_K^j)^T * scale + bias) V W_V^j`.
+
+    Query head `i` reads key/value head `j = i // (h / kv_heads)` (grouped-query attention).
+    With a rotary layer, queries and keys are rotated by `positions` (default `0..T-1`).
     `mask` is boolean `(batch|1, T, S)` (True = may attend); masked logits are -inf, as in the
-    paper. Returns `(output, scores)` with scores `(batch, heads, T, S)`.
+    paper; `bias` is added to the logits. Returns `(output, scores)`, scores `(batch, h, T, S)`.
     """
     w = weights_of(layer)
     value = query if value is None else value
     key = value if key is None else key
-    heads, head_dim = layer.num_heads, layer.head_dim
+    heads, kv_heads, head_dim = layer.num_heads, layer.kv_heads, layer.head_dim
 
-    def project(x, name):
+    def project(x, name, count):
         y = np.asarray(x, np.float64) @ w[f"{name}_kernel"] + w.get(f"{name}_bias", 0.0)
         batch, length, _ = y.shape
-        return y.reshape(batch, length, heads, head_dim).transpose(0, 2, 1, 3)
+        return y.reshape(batch, length, count, head_dim).transpose(0, 2, 1, 3)
 
-    q, k, v = project(query, "query"), project(key, "key"), project(value, "value")
-    logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(head_dim)
+    q, k, v = project(query, "query", heads), project(key, "key", kv_heads), project(value, "value", kv_heads)
+    if layer.rotary_max_wavelength is not None:
+        positions = np.arange(q.shape[2]) if positions is None else positions
+        q = rotary(q, positions, layer.rotary_max_wavelength, layer.rotary_scaling_factor)
+        k = rotary(k, positions, layer.rotary_max_wavelength, layer.rotary_scaling_factor)
+    group = heads // kv_heads
+    k = np.stack([k[:, i // group] for i in range(heads)], axis=1)
+    v = np.stack([v[:, i // group] for i in range(heads)], axis=1)
+    scale = layer.scale if layer.scale is not None else 1.0 / np.sqrt(head_dim)
+    logits = q @ k.transpose(0, 1, 3, 2) * scale
+    if bias is not None:
+        logits = logits + np.asarray(bias, np.float64)
     if mask is not None:
         mask = np.asarray(mask, bool)
         mask = mask.reshape((1,) * (3 - mask.ndim) + mask.shape)
         logits = np.where(mask[:, None], logits, -np.inf)
     scores = softmax(logits)
     attended = (scores @ v).transpose(0, 2, 1, 3).reshape(q.shape[0], q.shape[2], -1)
-    return attended @ w["output_kernel"] + w.get("output_bias", 0.0), scores
+    return attended @ w["attention_output_kernel"] + w.get("attention_output_bias", 0.0), scores
 
 
-def feed_forward(layer, x):
-    """max(0, x W1 + b1) W2 + b2."""
+def feed_forward(layer, x, activation=lambda h: np.maximum(0.0, h)):
+    """act(x W1 + b1) W2 + b2, or gated: (act(x Wg + bg) * (x W1 + b1)) W2 + b2."""
     w = weights_of(layer)
-    hidden = np.maximum(0.0, np.asarray(x, np.float64) @ w["inner_kernel"] + w["inner_bias"])
-    return hidden @ w["output_kernel"] + w["output_bias"]
+    x = np.asarray(x, np.float64)
+    hidden = x @ w["intermediate_dense_kernel"] + w.get("intermediate_dense_bias", 0.0)
+    if layer.gated:
+        hidden = activation(x @ w["gate_dense_kernel"] + w.get("gate_dense_bias", 0.0)) * hidden
+    else:
+        hidden = activation(hidden)
+    return hidden @ w["output_dense_kernel"] + w.get("output_dense_bias", 0.0)
+
+
+def rms_norm(layer, x):
+    """x / sqrt(mean(x^2) + eps) * scale."""
+    w = weights_of(layer)
+    x = np.asarray(x, np.float64)
+    return x / np.sqrt((x**2).mean(axis=-1, keepdims=True) + layer.epsilon) * w["scale"]
 
 
 def layer_norm(layer, x):

@@ -52,9 +52,12 @@ def local_run(tmp_path_factory):
 def test_mirrored_strategy_matches_single_device(local_run, name):
     single = _load(local_run / f"{name}.single.npz")
     mirrored = _load(local_run / f"{name}.mirrored.npz")
-    # Training moved every weight matrix, so equal final weights are not a trivial outcome.
+    # Training moved every weight matrix (attention kernels are 3-D; (heads, head_dim) biases are
+    # left out: the key bias gets no gradient, softmax(q.(k + b)) does not depend on it), so
+    # equal final weights are not a trivial outcome.
     _, initial = _load(local_run / f"{name}.initial.npz")
-    moved = [not np.allclose(a, b) for a, b in zip(single[1], initial) if a.ndim == 2]
+    moved = [not np.allclose(a, b) for a, b in zip(single[1], initial)
+             if a.ndim == 3 or (a.ndim == 2 and min(a.shape) >= 16)]
     assert moved and all(moved)
     _assert_same_training(single, mirrored, f"{name} MirroredStrategy")
 

@@ -141,9 +141,9 @@ def test_cross_attention_with_different_lengths_key_not_value_and_own_key_dim():
     mask[..., -1] = True
     layer = _mha(4, key_dim=5)  # 4 * 5 != 16: key_dim need not divide d_model
     _check_against_numpy(layer, query, value, key, mask=mask)
-    assert tuple(layer.key_kernel.shape) == (10, 20)
-    assert tuple(layer.value_kernel.shape) == (12, 20)
-    assert tuple(layer.output_kernel.shape) == (20, 16)
+    assert tuple(layer.key_dense.kernel.shape) == (10, 4, 5)
+    assert tuple(layer.value_dense.kernel.shape) == (12, 4, 5)
+    assert tuple(layer.output_dense.kernel.shape) == (4, 5, 16)
 
 
 def test_attention_without_bias_matches_numpy():

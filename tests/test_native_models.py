@@ -83,19 +83,27 @@ def test_graph_names_axes_and_fuses_attention():
     assert sum(tuple(t.dims) == (VOCAB, 16) for t in proto.graph.initializer) == 1
 
 
-def test_unknown_layers_and_subclasses_fall_back_to_tracing():
+def test_unknown_layers_and_call_overriding_subclasses_fall_back_to_tracing():
     class CustomBlock(DecoderBlock):
         pass
 
     ids = keras.Input((None,), dtype="int32", name="token_ids")
     hidden = CustomBlock(2, 32, cross_attention=False)(TokenAndPositionEmbedding(VOCAB, 16)(ids))
     functional = keras.Model({"token_ids": ids}, hidden)
-    assert not supports(functional)
+    assert "Functional" in unsupported_reason(functional)  # a plain keras.Model is not a family
 
-    class MyLM(DecoderOnlyTransformer):
-        pass
+    class MyLM(DecoderOnlyTransformer):  # adds a method only: stays native
+        def describe(self):
+            return "mine"
 
-    assert "MyLM" in unsupported_reason(MyLM(VOCAB, 1, 16, 2, 32))
+    assert unsupported_reason(MyLM(VOCAB, 1, 16, 2, 32)) is None
+
+    class CallingLM(DecoderOnlyTransformer):
+        def call(self, inputs, training=None, mask=None):
+            return super().call(inputs, training=training, mask=mask) * 2.0
+
+    reason = unsupported_reason(CallingLM(VOCAB, 1, 16, 2, 32))
+    assert "CallingLM overrides call() of DecoderOnlyTransformer" in reason
     assert "float16" in unsupported_reason(DecoderOnlyTransformer(VOCAB, 1, 16, 2, 32, dtype="mixed_float16"))
     odd_activation = DecoderOnlyTransformer(VOCAB, 1, 16, 2, 32, activation="softplus")
     assert "activation" in unsupported_reason(odd_activation)

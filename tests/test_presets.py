@@ -16,7 +16,7 @@ def test_list_has_the_issue_presets_and_filters_by_class():
     assert names == sorted(names)
     assert {"transformer_base", "transformer_big", "bert_tiny", "bert_mini", "bert_small", "bert_base",
             "gpt2_small", "gpt2_medium", "transformer_tiny", "encoder_tiny", "gpt_tiny"} <= set(names)
-    assert presets.list(DecoderOnlyTransformer) == ["gpt2_medium", "gpt2_small", "gpt_tiny"]
+    assert presets.list(DecoderOnlyTransformer) == ["gpt2_medium", "gpt2_small", "gpt_tiny", "llama_tiny", "smollm_135m"]
     assert presets.list("EncoderDecoderTransformer") == presets.list(EncoderDecoderTransformer)
     assert set(presets.list(EncoderOnlyTransformer)).isdisjoint(presets.list(DecoderOnlyTransformer))
 

@@ -8,9 +8,10 @@ LayerNormalization (16 x 128 x 256: 4.0 ms against 1.2 ms per call, one thread, 
 about 6% of a whole forward pass, so neither form emits it.
 """
 
-import numpy as np
-
-from export.native.layers import attention_kernels, emit_attention, emit_feed_forward, emit_layer_norm
+from export.native.attention import emit_key_value_cache
+from export.native.layers import emit_attention, emit_feed_forward, emit_norm
+from export.native.registry import register
+from keras_transformer.layers import DecoderBlock, EncoderBlock
 
 
 class ResidualStream:
@@ -48,7 +49,7 @@ class ResidualStream:
                 only returned (the input of the next sub-layer).
         """
         with self.g.scoped(layer.name):
-            normed = emit_layer_norm(self.g, layer, self.value())
+            normed = emit_norm(self.g, layer, self.value())
         if replace:
             self.x = normed
         return normed
@@ -74,20 +75,23 @@ def _feed_forward(g, stream, block, fused):
     _sublayer(stream, block, block.feed_forward_norm, run)
 
 
-def emit_encoder_block(g, block, stream, kind, masks):
-    """EncoderBlock at inference on `stream`; `masks` are the `emit_attention` mask arguments."""
+@register(EncoderBlock, computes=("call", "residual"))
+def emit_encoder_block(g, block, stream, kind, masks, positions=None):
+    """EncoderBlock at inference on `stream`; `masks` are the `emit_attention` mask arguments,
+    `positions` the int64 positions of a rotary self-attention."""
     with g.scoped(block.name):
 
         def attend(h):
             with g.scoped("self_attention"):
-                return emit_attention(g, block.self_attention, h, kind=kind, **masks)
+                return emit_attention(g, block.self_attention, h, kind=kind, positions=positions, **masks)
 
         _sublayer(stream, block, block.self_attention_norm, attend)
         _feed_forward(g, stream, block, stream.fused)
 
 
+@register(DecoderBlock, computes=("call", "residual"))
 def emit_decoder_block(g, block, stream, kind, self_masks, memory=None, cross_masks=None, past=None,
-                       memory_is_projected=False):
+                       memory_is_projected=False, positions=None):
     """DecoderBlock at inference on `stream`.
 
     Args:
@@ -96,12 +100,14 @@ def emit_decoder_block(g, block, stream, kind, self_masks, memory=None, cross_ma
             `(keys, values)` computed once per input.
         past: `(past_key, past_value)` of the self-attention; the block then returns
             `(present_key, present_value)`.
+        positions: int64 `(T,)` or `(B, T)` positions of a rotary self-attention.
     """
     with g.scoped(block.name):
 
         def self_attend(h):
             with g.scoped("self_attention"):
-                return emit_attention(g, block.self_attention, h, kind=kind, past=past, **self_masks)
+                return emit_attention(g, block.self_attention, h, kind=kind, past=past,
+                                      positions=positions, **self_masks)
 
         present = _sublayer(stream, block, block.self_attention_norm, self_attend)
         if block.cross_attention:
@@ -119,17 +125,6 @@ def emit_decoder_block(g, block, stream, kind, self_masks, memory=None, cross_ma
 
 
 def emit_cross_attention_cache(g, block, memory):
-    """The block's cross-attention keys and values, `(B, h, S, d_k)` each, bias included."""
-    layer = block.cross_attention_layer
-    heads, head_dim = layer.num_heads, layer.head_dim
+    """The block's cross-attention keys and values, `(B, kv_heads, S, d_k)` each, bias included."""
     with g.scoped(block.name), g.scoped("cross_attention"):
-        kernel, bias = attention_kernels(layer, ("key", "value"))
-        kv = g.op("MatMul", memory, g.weight("kv_kernel", kernel), name="kv_MatMul")
-        if bias is not None:
-            kv = g.op("Add", kv, g.weight("kv_bias", bias), name="kv_Add")
-        # (B, S, 2*h*dk) -> (B, S, 2, h, dk) -> (2, B, h, S, dk), split into keys and values.
-        kv = g.op("Reshape", kv, g.constant(np.array([0, 0, 2, heads, head_dim])))
-        kv = g.op("Transpose", kv, perm=[2, 0, 3, 1, 4])
-        keys, values = g.op("Split", kv, g.constant([1, 1]), axis=0, outputs=2)
-        squeeze = g.constant([0])
-        return g.op("Squeeze", keys, squeeze), g.op("Squeeze", values, squeeze)
+        return emit_key_value_cache(g, block.cross_attention_layer, memory)

@@ -18,7 +18,7 @@ import os
 from export.decoding import GENERATION_METADATA_KEY
 from export.native.blocks import emit_cross_attention_cache, emit_decoder_block
 from export.native.graph import GraphBuilder
-from export.native.layers import emit_attention_masks
+from export.native.layers import emit_attention_masks, emit_positions
 from export.native.models import (
     DEFAULT_OPSET,
     check_attention,
@@ -37,8 +37,9 @@ ENCODER_DECODER_FILES = ("encoder.onnx", "decoder.onnx")
 
 
 def _cache_shape(model, length_axis):
-    heads = model.num_heads
-    return ["batch", heads, length_axis, model.d_model // heads]
+    """`(batch, kv_heads, length, head_dim)`: one layer's keys or values (`model.cache_spec`)."""
+    spec = model.cache_spec
+    return ["batch", spec.num_key_value_heads, length_axis, spec.head_dim]
 
 
 def _past_inputs(g, model, num_layers):
@@ -64,11 +65,13 @@ def _past_length(g, past_key):
 def generation_metadata(model, family):
     """What `export.decoding` needs to drive the graphs, stored as JSON in the model metadata."""
     config = model.get_config()
+    spec = model.cache_spec
     return {
         "family": family,
-        "num_layers": len(model.decoder_blocks),
+        "num_layers": spec.num_layers,
         "num_heads": model.num_heads,
-        "head_dim": model.d_model // model.num_heads,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "head_dim": spec.head_dim,
         "vocab_size": model.vocab_size,
         "target_vocab_size": getattr(model, "target_vocab_size", model.vocab_size),
         "pad_id": model.pad_id,
@@ -81,7 +84,7 @@ def build_decoder_with_past(model, opset=DEFAULT_OPSET, attention="fused"):
     if not isinstance(model, DecoderOnlyTransformer):
         raise TypeError(f"`model` must be a DecoderOnlyTransformer; received {type(model).__name__}.")
     check_supported(model, opset)
-    kind = check_attention(attention)
+    kind = check_attention(attention, model)
     g = GraphBuilder(f"{model.name}_with_past", opset)
     ids = g.input("token_ids", "int32", ["batch", "sequence"])
     mask = g.input("attention_mask", "int32", ["batch", "total_sequence"])
@@ -121,12 +124,13 @@ def _build_decoder(model, opset, kind):
     ]
     past = _past_inputs(g, model, len(model.decoder_blocks))
     start = _past_length(g, past[0][0])
-    stream = new_stream(g, emit_embedding(g, model.target_embedding, target, start), kind)
+    positions = emit_positions(g, target, start)
+    stream = new_stream(g, emit_embedding(g, model.target_embedding, target, positions=positions), kind)
     self_masks = emit_attention_masks(g, kind, target, causal=True, past_length=start)
     cross_masks = emit_attention_masks(g, kind, target, g.op("Cast", source_mask, to=9))
     presents = [
         emit_decoder_block(g, block, stream, kind, self_masks, cross[i], cross_masks, past=past[i],
-                           memory_is_projected=True)
+                           memory_is_projected=True, positions=positions)
         for i, block in enumerate(model.decoder_blocks)
     ]
     y = finish_stack(stream, model.decoder_final_norm)
@@ -141,7 +145,7 @@ def build_encoder_decoder_for_generation(model, opset=DEFAULT_OPSET, attention="
     if not isinstance(model, EncoderDecoderTransformer):
         raise TypeError(f"`model` must be an EncoderDecoderTransformer; received {type(model).__name__}.")
     check_supported(model, opset)
-    kind = check_attention(attention)
+    kind = check_attention(attention, model)
     metadata = {GENERATION_METADATA_KEY: json.dumps(generation_metadata(model, "encoder_decoder")),
                 "keras_transformer.native_attention": kind}
     return (_build_encoder(model, opset, kind).model(metadata=metadata),

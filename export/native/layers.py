@@ -2,26 +2,10 @@
 
 Each emitter takes a `GraphBuilder`, the Keras layer and the names of its input tensors, adds
 the nodes computing what the layer's `call` computes at inference, and returns the name of its
-output. Attention is emitted in one of two forms (`ATTENTION_KINDS`):
-
-- `"fused"` (onnxruntime contrib operators): self-attention without a cache is one
-  `com.microsoft.Attention` (the Q/K/V projection and the attention in one operator); with a
-  cache, and for cross-attention, one MatMul for the fused projection and
-  `com.microsoft.MultiHeadAttention` (past/present keys and values, key-padding mask, causal
-  flag); the feed-forward bias + GELU becomes `BiasGelu`;
-- `"portable"`: standard-opset MatMul/Softmax/LayerNormalization only.
-
-Which is faster was measured, not assumed (`bench/onnx_inference.py` times both on every run):
-on the 2-core AVX2 CPU of 2026-11 the fused form took 0.90-0.98x (1 x 128) and 0.95-1.00x
-(16 x 128) of the portable one's time in two runs, never more, so `export.to_onnx` writes the
-fused form (also the operators onnxruntime's GPU providers implement; not measured here).
-For self-attention, `Attention` and MatMul + Split + `MultiHeadAttention` measured the same
-within noise (1 thread: 21.8 / 22.4 ms at 1 x 128, 353 / 353 ms at 16 x 128).
-
-Masking matches Keras: masked logits become -1e9 before a float32 softmax, so a query row with
-no allowed key becomes a uniform average. Where a row can be fully masked (padding together with
-causality) the masks are merged into one additive bias; -1e9 + logit rounds to -1e9 in float32
-for any |logit| < 32, which reproduces Keras's replacement exactly.
+output. Projections (Dense/EinsumDense/Embedding sublayers) go through
+`export.native.projections` (float, LoRA, int8, int4); attention lives in
+`export.native.attention` (fused and portable forms). The feed-forward bias + exact GELU
+becomes onnxruntime's `BiasGelu` in the fused form.
 
 Sub-layer emitters return their output *without* the last bias, `(output, bias)`; the
 `export.native.blocks.ResidualStream` adds it together with the residual.
@@ -34,11 +18,16 @@ import numpy as np
 from keras import ops
 
 from export.native.graph import MICROSOFT_DOMAIN
-
-ATTENTION_KINDS = ("fused", "portable")
-MASKED_LOGIT = -1e9
+from export.native.projections import (
+    emit_embedding_logits,
+    emit_embedding_lookup,
+    emit_projection,
+    projection_bias,
+)
+from keras_transformer.layers.activations import gelu_approximate
 
 _ACTIVATIONS = {
+    gelu_approximate: "gelu_approximate",
     keras.activations.relu: "relu",
     keras.activations.gelu: "gelu",
     keras.activations.silu: "silu",
@@ -54,10 +43,12 @@ def _numpy(variable):
 
 def activation_name(activation):
     """The emitter name of a Keras activation (name or callable), or None if not supported."""
-    if isinstance(activation, dict):  # serialized callable
+    from keras_transformer.layers import activations
+
+    if isinstance(activation, dict) and activation.get("config") != "gelu_approximate":  # serialized callable
         activation = activation.get("config", activation.get("class_name"))
     try:
-        function = keras.activations.get(activation)
+        function = activations.get(activation)
     except (ValueError, TypeError):
         return None
     return _ACTIVATIONS.get(function)
@@ -71,6 +62,12 @@ def emit_activation(g, name, x):
         inner = g.op("Erf", g.op("Div", x, g.constant(math.sqrt(2.0), "float32")))
         half = g.op("Mul", x, g.constant(0.5, "float32"))
         return g.op("Mul", half, g.op("Add", inner, g.constant(1.0, "float32")))
+    if name == "gelu_approximate":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cubic = g.op("Mul", g.op("Mul", x, x), x)
+        inner = g.op("Add", x, g.op("Mul", cubic, g.constant(0.044715, "float32")))
+        tanh = g.op("Tanh", g.op("Mul", inner, g.constant(math.sqrt(2.0 / math.pi), "float32")))
+        half = g.op("Mul", x, g.constant(0.5, "float32"))
+        return g.op("Mul", half, g.op("Add", tanh, g.constant(1.0, "float32")))
     if name == "silu":
         return g.op("Mul", x, g.op("Sigmoid", x))
     if name == "tanh":
@@ -90,6 +87,20 @@ def layer_norm_supported(layer):
     return list(axis) in ([-1], [2]) and not getattr(layer, "rms_scaling", False)
 
 
+def emit_norm(g, layer, x):
+    """LayerNormalization or RMSNormalization (over the last axis) of `x`."""
+    if isinstance(layer, keras.layers.RMSNormalization):
+        return emit_rms_norm(g, layer, x)
+    return emit_layer_norm(g, layer, x)
+
+
+def emit_rms_norm(g, layer, x):
+    """keras.layers.RMSNormalization: `x / sqrt(mean(x^2) + eps) * scale`, standard ops."""
+    mean_square = g.op("ReduceMean", g.op("Mul", x, x), axes=[-1], keepdims=1)  # opset 17: axes attribute
+    rms = g.op("Sqrt", g.op("Add", mean_square, g.constant(float(layer.epsilon), "float32")))
+    return g.op("Mul", g.op("Div", x, rms), g.weight("scale", _numpy(layer.scale)), name="RMSNorm")
+
+
 def _norm_weights(g, layer):
     gamma = _numpy(layer.gamma) if layer.scale else np.ones(layer.beta.shape, "float32")
     beta = _numpy(layer.beta) if layer.center else np.zeros(gamma.shape, "float32")
@@ -102,27 +113,32 @@ def emit_layer_norm(g, layer, x):
     return g.op("LayerNormalization", x, gamma, beta, axis=-1, epsilon=float(layer.epsilon), name="LayerNorm")
 
 
-def emit_dense(g, kernel, bias, x, name):
-    """x @ kernel (+ bias)."""
-    y = g.op("MatMul", x, g.weight(f"{name}_kernel", _numpy(kernel)), name=f"{name}_MatMul")
-    if bias is not None:
-        y = g.op("Add", y, g.weight(f"{name}_bias", _numpy(bias)), name=f"{name}_Add")
-    return y
+def emit_dense(g, layer, x, name):
+    """A Keras Dense layer: `act(x @ kernel + bias)` (float, LoRA or quantized)."""
+    y = emit_projection(g, layer, x, name, ignore_activation=True)
+    return emit_activation(g, activation_name(layer.activation), y)
 
 
 def emit_feed_forward(g, layer, x, fused=True):
-    """FeedForward without its output bias: returns `(act(x W1 + b1) W2, b2)` so that the caller
-    can add `b2` together with the residual. GELU becomes one `BiasGelu` when
-    `fused`. Dropout is inactive at inference."""
+    """FeedForward without its output bias: `(output_dense(hidden) - b2, b2)` so that the caller
+    can add `b2` with the residual; `hidden = act(x W1 + b1)` or, gated,
+    `act(x Wg + bg) * (x W1 + b1)`. Exact GELU with a float, biased inner projection becomes
+    one `BiasGelu` when `fused`. Dropout is inactive at inference."""
     name = activation_name(layer.activation)
-    inner = g.op("MatMul", x, g.weight("inner_kernel", _numpy(layer.inner_kernel)), name="inner_MatMul")
-    inner_bias = g.weight("inner_bias", _numpy(layer.inner_bias))
-    if fused and name == "gelu":
-        hidden = g.op("BiasGelu", inner, inner_bias, domain=MICROSOFT_DOMAIN)
+    inner_layer = layer.intermediate_dense
+    bias = projection_bias(inner_layer)
+    if layer.gated:
+        gate = emit_activation(g, name, emit_projection(g, layer.gate_dense, x, "gate"))
+        hidden = g.op("Mul", gate, emit_projection(g, inner_layer, x, "inner"), name="gated")
+    elif fused and name == "gelu" and bias is not None and inner_layer.quantization_mode is None:
+        inner = emit_projection(g, inner_layer, x, "inner", bias=False)
+        bias_name = g.weight(f"{inner_layer.path}/bias", bias)
+        hidden = g.op("BiasGelu", inner, bias_name, domain=MICROSOFT_DOMAIN)
     else:
-        hidden = emit_activation(g, name, g.op("Add", inner, inner_bias, name="inner_Add"))
-    output = g.op("MatMul", hidden, g.weight("output_kernel", _numpy(layer.output_kernel)), name="output_MatMul")
-    return output, g.weight("output_bias", _numpy(layer.output_bias))
+        hidden = emit_activation(g, name, emit_projection(g, inner_layer, x, "inner"))
+    output = emit_projection(g, layer.output_dense, hidden, "output", bias=False)
+    output_bias = projection_bias(layer.output_dense)
+    return output, None if output_bias is None else g.weight(f"{layer.output_dense.path}/bias", output_bias)
 
 
 # -- embeddings ------------------------------------------------------------------------------------
@@ -138,11 +154,12 @@ def emit_positions(g, token_ids, start=None):
 
 def emit_token_and_position_embedding(g, layer, token_ids, positions):
     """Gather(E, ids) * sqrt(d) + PE(positions); `positions` is an int64 (length,) tensor."""
-    embeddings = g.weight(f"{layer.name}/token_embedding", _numpy(layer.embeddings))
-    x = g.op("Gather", embeddings, token_ids, name="token_embedding")
+    x = emit_embedding_lookup(g, layer.token_embedding, token_ids, "token_embedding")
     if layer.scale:
         x = g.op("Mul", x, g.constant(math.sqrt(layer.d_model), "float32"), name="scale")
     encoding = layer.position_encoding
+    if encoding is None:  # rotary models: positions enter in attention
+        return x
     if encoding.mode == "learned":
         table = g.weight("position_embeddings", _numpy(encoding.position_embeddings))
         pe = g.op("Gather", table, positions, name="position_embedding")
@@ -173,11 +190,9 @@ def _emit_sinusoid(g, width, max_wavelength, positions):
 
 
 def emit_tied_logits(g, embedding_layer, x):
-    """hidden @ E^T with the token embedding stored once; onnxruntime folds the Transpose of the
-    initializer at session creation, so the product runs as a plain pre-packed MatMul."""
-    embeddings = g.weight(f"{embedding_layer.name}/token_embedding", _numpy(embedding_layer.embeddings))
-    transposed = g.op("Transpose", embeddings, perm=[1, 0], name="embedding_transposed")
-    return g.op("MatMul", x, transposed, name="logits_MatMul")
+    """hidden @ E^T with the token embedding stored once (shared with the lookup); onnxruntime
+    folds the Transpose of a float initializer at session creation."""
+    return emit_embedding_logits(g, embedding_layer.token_embedding, x, "logits")
 
 
 # -- masks -------------------------------------------------------------------------------------
@@ -235,130 +250,6 @@ def emit_attention_masks(g, kind, query_ids, key_valid=None, causal=False, past_
     return {"bias": emit_mask_bias(g, query_ids, key_valid, causal, past_length)}
 
 
-# -- attention ---------------------------------------------------------------------------------
+# -- attention (export.native.attention; re-exported for the block and model emitters) ------------
 
-
-def attention_kernels(layer, names):
-    kernel = np.concatenate([_numpy(getattr(layer, f"{n}_kernel")) for n in names], axis=1)
-    bias = None
-    if layer.use_bias:
-        bias = np.concatenate([_numpy(getattr(layer, f"{n}_bias")) for n in names])
-    return kernel, bias
-
-
-def emit_attention(g, layer, query, kind="fused", memory=None, key_padding_mask=None,
-                   bias=None, causal=False, past=None, memory_is_projected=False):
-    """MultiHeadAttention at inference.
-
-    Args:
-        g: the graph builder.
-        layer: a built `keras_transformer.layers.MultiHeadAttention`.
-        query: `(B, T, d_model)`.
-        kind: `"fused"` or `"portable"` (see module docstring).
-        memory: None for self-attention; `(B, S, d)` to attend to (projected here), or with
-            `memory_is_projected` a pair of `(B, h, S, d_k)` keys/values computed once.
-        key_padding_mask: `(B, S_total)` int32, 1 at real keys, 0 at padding.
-        bias: additive `(B|1, 1, T, S_total)` bias (already containing causality when needed).
-        causal: causal masking without a bias (no padding: a row is never fully masked).
-        past: `(past_key, past_value)` `(B, h, P, d_k)` for self-attention with a cache; the
-            return value is then `(output, present_key, present_value)`.
-
-    Returns:
-        `(output, output_bias, *presents)`: the `(B, T, d_model)` output *without* the output
-        projection's bias, which the caller folds into the residual (None without biases), then
-        the present key/value names when `past` is given.
-    """
-    heads, head_dim = layer.num_heads, layer.head_dim
-    inner = heads * head_dim
-    output_bias = g.weight("output_bias", _numpy(layer.output_bias)) if layer.use_bias else None
-    if memory is None and past is None and kind == "fused":
-        attended = _fused_self_attention(g, layer, query, key_padding_mask, bias, causal)
-        return _output_projection(g, layer, attended), output_bias
-    if memory is None:
-        kernel, qkv_bias = attention_kernels(layer, ("query", "key", "value"))
-        qkv = g.op("MatMul", query, g.weight("qkv_kernel", kernel), name="qkv_MatMul")
-        q, k, v = g.op("Split", qkv, g.constant([inner] * 3), axis=-1, outputs=3, name="qkv_split")
-    elif memory_is_projected:
-        kernel, qkv_bias = attention_kernels(layer, ("query",))
-        q = g.op("MatMul", query, g.weight("q_kernel", kernel), name="q_MatMul")
-        k, v = memory
-    else:
-        q_kernel, q_bias = attention_kernels(layer, ("query",))
-        kv_kernel, kv_bias = attention_kernels(layer, ("key", "value"))
-        q = g.op("MatMul", query, g.weight("q_kernel", q_kernel), name="q_MatMul")
-        kv = g.op("MatMul", memory, g.weight("kv_kernel", kv_kernel), name="kv_MatMul")
-        k, v = g.op("Split", kv, g.constant([inner] * 2), axis=-1, outputs=2, name="kv_split")
-        qkv_bias = None if q_bias is None else np.concatenate([q_bias, kv_bias])
-    if memory_is_projected and qkv_bias is not None:
-        q = g.op("Add", q, g.weight("q_bias", qkv_bias), name="q_Add")
-        qkv_bias = None
-    if kind == "fused":
-        outputs = _fused_attention(g, layer, q, k, v, qkv_bias, key_padding_mask, bias, causal, past)
-    elif kind == "portable":
-        outputs = _portable_attention(g, layer, q, k, v, qkv_bias, key_padding_mask, bias, causal,
-                                      past, memory_is_projected)
-    else:
-        raise ValueError(f"`attention` must be one of {list(ATTENTION_KINDS)}; received {kind!r}.")
-    attended, *present = outputs
-    return (_output_projection(g, layer, attended), output_bias, *present)
-
-
-def _output_projection(g, layer, attended):
-    return g.op("MatMul", attended, g.weight("output_kernel", _numpy(layer.output_kernel)), name="output_MatMul")
-
-
-def _fused_self_attention(g, layer, x, key_padding_mask, bias, causal):
-    """com.microsoft.Attention: Q/K/V projection and attention in one operator."""
-    kernel, qkv_bias = attention_kernels(layer, ("query", "key", "value"))
-    if qkv_bias is None:
-        qkv_bias = np.zeros(kernel.shape[1], "float32")
-    return g.op(
-        "Attention", x, g.weight("qkv_kernel", kernel), g.weight("qkv_bias", qkv_bias),
-        key_padding_mask or "", "", bias or "", domain=MICROSOFT_DOMAIN, num_heads=layer.num_heads,
-        unidirectional=int(bool(causal)), mask_filter_value=MASKED_LOGIT,
-    )
-
-
-def _fused_attention(g, layer, q, k, v, qkv_bias, key_padding_mask, bias, causal, past):
-    inputs = [q, k, v, "" if qkv_bias is None else g.weight("qkv_bias", qkv_bias),
-              key_padding_mask or "", bias or ""]
-    if past is not None:
-        inputs += list(past)
-    outputs = g.op(
-        "MultiHeadAttention", *inputs, domain=MICROSOFT_DOMAIN,
-        outputs=3 if past is not None else 1, num_heads=layer.num_heads,
-        unidirectional=int(bool(causal)), mask_filter_value=MASKED_LOGIT,
-    )
-    return outputs if past is not None else [outputs]
-
-
-def _portable_attention(g, layer, q, k, v, qkv_bias, key_padding_mask, bias, causal, past,
-                        memory_is_projected):
-    heads, head_dim = layer.num_heads, layer.head_dim
-    inner = heads * head_dim
-    if qkv_bias is not None:
-        parts = g.op("Split", g.weight("qkv_bias", qkv_bias), g.constant([inner] * 3), axis=0,
-                     outputs=3, name="bias_split")
-        q, k, v = (g.op("Add", t, b) for t, b in zip((q, k, v), parts))
-    split_shape = g.constant([0, 0, heads, head_dim])
-
-    def heads_first(t):  # (B, L, h*dk) -> (B, h, L, dk)
-        return g.op("Transpose", g.op("Reshape", t, split_shape), perm=[0, 2, 1, 3])
-
-    q = heads_first(q)
-    if not memory_is_projected:
-        k, v = heads_first(k), heads_first(v)
-    present = []
-    if past is not None:
-        k = g.op("Concat", past[0], k, axis=2, name="present_key")
-        v = g.op("Concat", past[1], v, axis=2, name="present_value")
-        present = [k, v]
-    scaled_q = g.op("Mul", q, g.constant(1.0 / math.sqrt(head_dim), "float32"), name="scale_q")
-    logits = g.op("MatMul", scaled_q, g.op("Transpose", k, perm=[0, 1, 3, 2]), name="logits")
-    if key_padding_mask is not None or causal:
-        raise ValueError("The portable attention takes its masks as an additive `bias` only.")
-    if bias is not None:
-        logits = g.op("Add", logits, bias, name="masked_logits")
-    scores = g.op("Softmax", logits, axis=-1)
-    attended = g.op("Transpose", g.op("MatMul", scores, v), perm=[0, 2, 1, 3])
-    return [g.op("Reshape", attended, g.constant([0, 0, inner]), name="merge_heads"), *present]
+from export.native.attention import ATTENTION_KINDS, MASKED_LOGIT, emit_attention  # noqa: E402,F401

@@ -1,15 +1,20 @@
 """Full-sequence ONNX graphs of the three keras_transformer model families, from their layers.
 
-A model is supported when it is exactly one of `EncoderDecoderTransformer`,
-`EncoderOnlyTransformer` or `DecoderOnlyTransformer` and every layer in it is one the emitters
-know (our layers plus Keras LayerNormalization / Dense / Dropout / Activation). Anything else,
-e.g. a user's custom layer or a subclass that may override `call`, goes through tracing.
+Emitters are looked up by class through the MRO (`export.native.registry`): a model is
+supported when its class is (a subclass of) one of `EncoderDecoderTransformer`,
+`EncoderOnlyTransformer` or `DecoderOnlyTransformer` that does not override `call`, and every
+layer in it, nested sub-layers included, has an emitter (our layers, and Keras
+LayerNormalization / RMSNormalization / Dense / EinsumDense / Embedding / Dropout / Activation,
+float, LoRA or int8/int4-quantized). A user's subclass that only adds methods stays native; one
+that overrides `call` (or `MultiHeadAttention._compute_attention`) goes through tracing, and
+`unsupported_reason` names the layer and why.
 """
 
 import keras
 
 from export.native.blocks import ResidualStream, emit_decoder_block, emit_encoder_block
 from export.native.graph import GraphBuilder
+from export.native.attention import emit_attention, is_plain
 from export.native.layers import (
     ATTENTION_KINDS,
     activation_name,
@@ -17,13 +22,22 @@ from export.native.layers import (
     emit_attention_masks,
     emit_dense,
     emit_key_valid,
-    emit_layer_norm,
+    emit_feed_forward,
+    emit_norm,
     emit_positions,
     emit_tied_logits,
     emit_token_and_position_embedding,
     layer_norm_supported,
 )
-from keras_transformer.layers import DecoderBlock, EncoderBlock, TokenAndPositionEmbedding
+from export.native.projections import SUPPORTED_MODES, emit_embedding_lookup, emit_projection
+from export.native.registry import emitter_for, lookup, register
+from keras_transformer.layers import (
+    FeedForward,
+    MultiHeadAttention,
+    PositionalEncoding,
+    RotaryEmbedding,
+    TokenAndPositionEmbedding,
+)
 from keras_transformer.models import (
     DecoderOnlyTransformer,
     EncoderDecoderTransformer,
@@ -34,41 +48,51 @@ MODEL_CLASSES = (EncoderDecoderTransformer, EncoderOnlyTransformer, DecoderOnlyT
 DEFAULT_OPSET = 17
 
 
+# Layers emitted inside the model/block emitters: registered so that the MRO lookup knows them.
+register(keras.layers.InputLayer)(None)
+register(keras.layers.Dropout)(None)
+register(keras.layers.Activation)(emit_activation)
+register(keras.layers.LayerNormalization)(emit_norm)
+register(keras.layers.RMSNormalization)(emit_norm)
+register(keras.layers.Dense)(emit_dense)
+register(keras.layers.EinsumDense)(emit_projection)
+register(keras.layers.Embedding)(emit_embedding_lookup)
+register(PositionalEncoding)(emit_token_and_position_embedding)
+register(RotaryEmbedding)(emit_attention)
+register(TokenAndPositionEmbedding)(emit_token_and_position_embedding)
+register(FeedForward)(emit_feed_forward)
+register(MultiHeadAttention, computes=("call", "_compute_attention", "_project", "_output_projection"))(
+    emit_attention)
+
+
 def unsupported_reason(model):
     """Why the native emitter cannot build `model` (a sentence), or None when it can."""
-    if type(model) not in MODEL_CLASSES:
-        return f"{type(model).__name__} is not one of {[c.__name__ for c in MODEL_CLASSES]}"
-    for layer in model.layers:
-        if layer.dtype_policy.compute_dtype != "float32":
+    _, reason = lookup(model)
+    if reason:
+        return f"{reason} (native export knows {[c.__name__ for c in MODEL_CLASSES]})"
+    for layer in model._flatten_layers(include_self=False):
+        if layer.dtype_policy.compute_dtype != "float32" and not isinstance(layer, keras.layers.InputLayer):
             # A float32 graph would not reproduce mixed-precision compute within the float32
             # tolerance; tracing exports what the model actually computes.
-            return f"layer {layer.name!r} computes in {layer.dtype_policy.compute_dtype}, not float32"
-        reason = _layer_reason(layer)
+            return f"layer {layer.path!r} computes in {layer.dtype_policy.compute_dtype}, not float32"
+        _, reason = lookup(layer)
+        reason = reason or _layer_reason(layer)
         if reason:
-            return f"layer {layer.name!r}: {reason}"
+            return f"layer {layer.path!r}: {reason}"
     return None
 
 
 def _layer_reason(layer):
-    kind = type(layer)
-    if kind in (keras.layers.InputLayer, keras.layers.Dropout):
-        return None
-    if kind is keras.layers.Activation:
-        return None if activation_name(layer.activation) else "unsupported activation"
-    if kind is keras.layers.LayerNormalization:
-        return None if layer_norm_supported(layer) else "LayerNormalization over a non-last axis or RMS"
-    if kind is keras.layers.Dense:
-        return None if activation_name(layer.activation) else "unsupported Dense activation"
-    if kind is TokenAndPositionEmbedding:
-        return None
-    if kind in (EncoderBlock, DecoderBlock):
-        if activation_name(layer.activation) is None:
-            return f"unsupported activation {layer.activation!r}"
-        norms = [n for n in ("self_attention_norm", "cross_attention_norm", "feed_forward_norm") if hasattr(layer, n)]
-        if not all(layer_norm_supported(getattr(layer, n)) for n in norms):
-            return "unsupported LayerNormalization"
-        return None
-    return f"{kind.__name__} has no native emitter"
+    """What an emitter cannot reproduce in a layer of a known class (None: nothing)."""
+    if getattr(layer, "quantization_mode", None) not in SUPPORTED_MODES:
+        return f"quantization mode {layer.quantization_mode!r} (native export: float, int8, int4)"
+    activation = getattr(layer, "activation", None)
+    if isinstance(layer, (keras.layers.Activation, keras.layers.Dense, FeedForward)) or hasattr(layer, "d_ff"):
+        if activation is not None and activation_name(activation) is None:
+            return f"unsupported activation {activation!r}"
+    if isinstance(layer, keras.layers.LayerNormalization) and not layer_norm_supported(layer):
+        return "LayerNormalization over a non-last axis or with RMS scaling"
+    return None
 
 
 def supports(model):
@@ -76,9 +100,14 @@ def supports(model):
     return unsupported_reason(model) is None
 
 
-def check_attention(attention):
+def check_attention(attention, model=None):
+    """The validated attention kind; `"portable"` for a model whose attention the fused
+    operators do not compute (grouped-query, rotary, another scale)."""
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"`attention` must be one of {list(ATTENTION_KINDS)}; received attention={attention!r}.")
+    if model is not None and not all(is_plain(layer) for layer in model._flatten_layers()
+                                     if isinstance(layer, MultiHeadAttention)):
+        return "portable"
     return attention
 
 
@@ -90,9 +119,11 @@ def check_supported(model, opset):
         raise ValueError(f"`opset` must be an integer >= {DEFAULT_OPSET}; received opset={opset!r}.")
 
 
-def emit_embedding(g, layer, ids, start=None):
+def emit_embedding(g, layer, ids, start=None, positions=None):
+    """Token + position embedding of `ids` at positions `start ..` (or the given positions)."""
     with g.scoped(layer.name):
-        return emit_token_and_position_embedding(g, layer, ids, emit_positions(g, ids, start))
+        positions = emit_positions(g, ids, start) if positions is None else positions
+        return emit_token_and_position_embedding(g, layer, ids, positions)
 
 
 def finish_stack(stream, final_norm):
@@ -109,17 +140,19 @@ def emit_lm_logits(g, model, embedding, x):
     if model.tie_embeddings:
         return emit_tied_logits(g, embedding, x)
     with g.scoped(model.lm_head.name):
-        return emit_dense(g, model.lm_head.kernel, model.lm_head.bias, x, "lm_head")
+        return emit_dense(g, model.lm_head, x, "lm_head")
 
 
 def emit_decoder_only_body(g, model, ids, kind, past=None, start=None, key_valid=None):
     """Embedding and decoder blocks; returns `(hidden, presents)` (presents only with `past`)."""
-    stream = new_stream(g, emit_embedding(g, model.token_embedding, ids, start), kind)
+    positions = emit_positions(g, ids, start)
+    stream = new_stream(g, emit_embedding(g, model.token_embedding, ids, positions=positions), kind)
     masks = emit_attention_masks(g, kind, ids, key_valid, causal=True, past_length=start,
                                  exact_masked_rows=past is None)
     presents = []
     for i, block in enumerate(model.decoder_blocks):
-        present = emit_decoder_block(g, block, stream, kind, masks, past=None if past is None else past[i])
+        present = emit_decoder_block(g, block, stream, kind, masks, past=None if past is None else past[i],
+                                     positions=positions)
         if past is not None:
             presents.append(present)
     return finish_stack(stream, model.final_norm), presents
@@ -128,10 +161,11 @@ def emit_decoder_only_body(g, model, ids, kind, past=None, start=None, key_valid
 def emit_encoder_stack(g, model, ids, kind):
     """Encoder of EncoderDecoderTransformer: `(encoder_output, source_key_valid)`."""
     key_valid = emit_key_valid(g, ids, model.pad_id)
-    stream = new_stream(g, emit_embedding(g, model.token_embedding, ids), kind)
+    positions = emit_positions(g, ids)
+    stream = new_stream(g, emit_embedding(g, model.token_embedding, ids, positions=positions), kind)
     masks = emit_attention_masks(g, kind, ids, key_valid)
     for block in model.encoder_blocks:
-        emit_encoder_block(g, block, stream, kind, masks)
+        emit_encoder_block(g, block, stream, kind, masks, positions=positions)
     return finish_stack(stream, model.encoder_final_norm), key_valid
 
 
@@ -146,11 +180,12 @@ def _encoder_decoder(g, model, kind):
     source = g.input("encoder_token_ids", "int32", ["batch", "encoder_sequence"])
     target = g.input("decoder_token_ids", "int32", ["batch", "decoder_sequence"])
     memory, key_valid = emit_encoder_stack(g, model, source, kind)
-    stream = new_stream(g, emit_embedding(g, model.target_embedding, target), kind)
+    positions = emit_positions(g, target)
+    stream = new_stream(g, emit_embedding(g, model.target_embedding, target, positions=positions), kind)
     self_masks = emit_attention_masks(g, kind, target, causal=True)
     cross_masks = emit_attention_masks(g, kind, target, key_valid)
     for block in model.decoder_blocks:
-        emit_decoder_block(g, block, stream, kind, self_masks, memory, cross_masks)
+        emit_decoder_block(g, block, stream, kind, self_masks, memory, cross_masks, positions=positions)
     y = finish_stack(stream, model.decoder_final_norm)
     logits = emit_lm_logits(g, model, model.target_embedding, y)
     g.output(logits, "logits", "float32", ["batch", "decoder_sequence", model.target_vocab_size])
@@ -160,10 +195,11 @@ def _encoder_only(g, model, kind):
     config = model.get_config()
     ids = g.input("token_ids", "int32", ["batch", "sequence"])
     key_valid = emit_key_valid(g, ids, model.pad_id)
-    stream = new_stream(g, emit_embedding(g, model.token_embedding, ids), kind)
+    positions = emit_positions(g, ids)
+    stream = new_stream(g, emit_embedding(g, model.token_embedding, ids, positions=positions), kind)
     masks = emit_attention_masks(g, kind, ids, key_valid)
     for block in model.encoder_blocks:
-        emit_encoder_block(g, block, stream, kind, masks)
+        emit_encoder_block(g, block, stream, kind, masks, positions=positions)
     x = finish_stack(stream, model.get_layer("final_norm") if config["norm_first"] else None)
     head = config["head"]
     if head is None:
@@ -172,7 +208,7 @@ def _encoder_only(g, model, kind):
     if head == "masked_lm":
         x = _dense_layer(g, model.get_layer("mlm_transform"), x)
         with g.scoped("mlm_norm"):
-            x = emit_layer_norm(g, model.get_layer("mlm_norm"), x)
+            x = emit_norm(g, model.get_layer("mlm_norm"), x)
         logits = emit_tied_logits(g, model.token_embedding, x)
         g.output(logits, "logits", "float32", ["batch", "sequence", config["vocab_size"]])
         return
@@ -193,15 +229,12 @@ def _encoder_only(g, model, kind):
 
 def _dense_layer(g, layer, x):
     with g.scoped(layer.name):
-        y = emit_dense(g, layer.kernel, layer.bias if layer.use_bias else None, x, "dense")
-        return emit_activation(g, activation_name(layer.activation), y)
+        return emit_dense(g, layer, x, "dense")
 
 
-_FAMILIES = {
-    DecoderOnlyTransformer: _decoder_only,
-    EncoderDecoderTransformer: _encoder_decoder,
-    EncoderOnlyTransformer: _encoder_only,
-}
+register(DecoderOnlyTransformer)(_decoder_only)
+register(EncoderDecoderTransformer)(_encoder_decoder)
+register(EncoderOnlyTransformer)(_encoder_only)
 
 
 def build(model, opset=DEFAULT_OPSET, attention="fused"):
@@ -224,7 +257,7 @@ def build(model, opset=DEFAULT_OPSET, attention="fused"):
     ['token_ids']
     """
     check_supported(model, opset)
-    kind = check_attention(attention)
+    kind = check_attention(attention, model)
     g = GraphBuilder(model.name, opset)
-    _FAMILIES[type(model)](g, model, kind)
+    emitter_for(model)(g, model, kind)
     return g.model(metadata={"keras_transformer.native_attention": kind})

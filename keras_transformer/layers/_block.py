@@ -4,12 +4,19 @@ import inspect
 
 import keras
 
+from keras_transformer.layers import activations
 from keras_transformer.layers._validation import (
     check_activation,
+    check_choice,
     check_dims,
+    check_key_value_heads,
     check_positive_int,
     check_rate,
 )
+from keras_transformer.layers.feed_forward import FeedForward
+from keras_transformer.layers.multi_head_attention import MultiHeadAttention
+
+NORMALIZATIONS = ("layer_norm", "rms_norm")
 
 
 class TransformerBlockBase(keras.layers.Layer):
@@ -24,6 +31,12 @@ class TransformerBlockBase(keras.layers.Layer):
         norm_first=False,
         layer_norm_epsilon=1e-6,
         attention_dropout=0.0,
+        num_key_value_heads=None,
+        use_bias=True,
+        normalization="layer_norm",
+        gated_feed_forward=False,
+        rotary_max_wavelength=None,
+        rotary_scaling_factor=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -40,11 +53,37 @@ class TransformerBlockBase(keras.layers.Layer):
                 f"layer_norm_epsilon={layer_norm_epsilon!r}."
             )
         self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.num_key_value_heads = check_key_value_heads(num_key_value_heads, self.num_heads)
+        self.use_bias = bool(use_bias)
+        self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
+        self.gated_feed_forward = bool(gated_feed_forward)
+        self.rotary_max_wavelength = rotary_max_wavelength
+        self.rotary_scaling_factor = rotary_scaling_factor
         self.supports_masking = True
 
     def _layer_norm(self, name):
+        """LayerNorm (the paper, BERT, GPT-2) or RMSNorm (Llama) with the block's epsilon."""
+        if self.normalization == "rms_norm":
+            return keras.layers.RMSNormalization(
+                epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
+            )
         return keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
+        )
+
+    def _attention(self, name, rotary=False):
+        """A MultiHeadAttention sub-layer with the block's heads, bias and (if `rotary`) RoPE."""
+        return MultiHeadAttention(
+            self.num_heads, dropout=self.attention_dropout, use_bias=self.use_bias,
+            num_key_value_heads=self.num_key_value_heads,
+            rotary_max_wavelength=self.rotary_max_wavelength if rotary else None,
+            rotary_scaling_factor=self.rotary_scaling_factor, dtype=self.dtype_policy, name=name,
+        )
+
+    def _feed_forward(self, dropout=0.0):
+        return FeedForward(
+            self.d_ff, activation=self.activation, dropout=dropout, gated=self.gated_feed_forward,
+            use_bias=self.use_bias, dtype=self.dtype_policy, name="feed_forward",
         )
 
     def _dropout(self, name):
@@ -100,16 +139,19 @@ class TransformerBlockBase(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        activation = self.activation
-        if not isinstance(activation, str):
-            activation = keras.activations.serialize(activation)
         config.update(
             num_heads=self.num_heads,
             d_ff=self.d_ff,
             dropout=self.dropout,
-            activation=activation,
+            activation=activations.serialize(self.activation),
             norm_first=self.norm_first,
             layer_norm_epsilon=self.layer_norm_epsilon,
             attention_dropout=self.attention_dropout,
+            num_key_value_heads=self.num_key_value_heads,
+            use_bias=self.use_bias,
+            normalization=self.normalization,
+            gated_feed_forward=self.gated_feed_forward,
+            rotary_max_wavelength=self.rotary_max_wavelength,
+            rotary_scaling_factor=self.rotary_scaling_factor,
         )
         return config

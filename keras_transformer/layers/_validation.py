@@ -25,11 +25,14 @@ def check_choice(name, value, choices):
 
 def check_activation(name, value):
     """Resolve a Keras activation name or callable; ValueError naming `name` if unknown."""
+    from keras_transformer.layers import activations
+
     try:
-        return keras.activations.get(value)
+        return activations.get(value)
     except (ValueError, TypeError) as error:
         raise ValueError(
-            f"`{name}` must be a Keras activation name or callable; received {name}={value!r}."
+            f"`{name}` must be a Keras activation name (or \"gelu_approximate\") or a callable; "
+            f"received {name}={value!r}."
         ) from error
 
 
@@ -100,3 +103,14 @@ def check_token_ids(name, tensor, vocab_size):
             f"`{name}` must hold token ids in [0, vocab_size={vocab_size}); received ids in "
             f"[{values.min()}, {values.max()}]."
         )
+
+
+def check_key_value_heads(num_key_value_heads, num_heads):
+    """None, or a positive divisor of `num_heads` (grouped-query attention)."""
+    check_positive_int("num_key_value_heads", num_key_value_heads, allow_none=True)
+    if num_key_value_heads is not None and num_heads % num_key_value_heads:
+        raise ValueError(
+            "`num_key_value_heads` must divide `num_heads`; received "
+            f"num_key_value_heads={num_key_value_heads}, num_heads={num_heads}."
+        )
+    return num_key_value_heads

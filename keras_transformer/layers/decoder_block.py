@@ -5,7 +5,6 @@ import keras
 from keras_transformer.layers import masks
 from keras_transformer.layers._block import TransformerBlockBase
 from keras_transformer.layers._validation import check_last_dim, check_rank
-from keras_transformer.layers.feed_forward import FeedForward
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 
 
@@ -26,6 +25,11 @@ class DecoderBlock(TransformerBlockBase):
         layer_norm_epsilon: LayerNorm epsilon.
         cross_attention: whether the block attends to an encoder output.
         attention_dropout: dropout on attention probabilities.
+        num_key_value_heads, use_bias, normalization, gated_feed_forward,
+            rotary_max_wavelength, rotary_scaling_factor: as in `EncoderBlock` (Llama-shaped
+            blocks: `norm_first=True, normalization="rms_norm", use_bias=False,
+            gated_feed_forward=True, activation="silu"`, rotary and fewer key/value heads).
+            Rotary positions apply to the self-attention only.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -44,6 +48,8 @@ class DecoderBlock(TransformerBlockBase):
             `compute_cross_attention_cache(encoder_outputs)`, so that decoding steps do not
             project the encoder output again.
         training: whether dropout is active.
+        position_ids: `(batch, length)` positions for rotary self-attention (left-padded
+            batches); default: `cache_index + arange(length)`.
 
     Returns:
         `(batch, length, d_model)`, or `(output, updated_cache)` when `cache` is given.
@@ -59,7 +65,7 @@ class DecoderBlock(TransformerBlockBase):
         super().__init__(
             num_heads, d_ff, dropout=dropout, activation=activation, norm_first=norm_first,
             layer_norm_epsilon=layer_norm_epsilon, attention_dropout=attention_dropout, **kwargs,
-        )
+        )  # **kwargs also carries the modern-decoder options of TransformerBlockBase
         self.cross_attention = bool(cross_attention)
 
     def build(self, x_shape, encoder_outputs_shape=None):
@@ -68,25 +74,19 @@ class DecoderBlock(TransformerBlockBase):
         check_last_dim("x", input_shape)
         if encoder_outputs_shape is not None:
             check_rank("encoder_outputs", encoder_outputs_shape, 3)
-        self.self_attention = MultiHeadAttention(
-            self.num_heads, dropout=self.attention_dropout, dtype=self.dtype_policy, name="self_attention"
-        )
+        self.self_attention = self._attention("self_attention", rotary=True)
         self.self_attention.build(input_shape)
         self.self_attention_norm = self._layer_norm("self_attention_norm")
         self.self_attention_norm.build(input_shape)
         self.self_attention_dropout = self._dropout("self_attention_dropout")
         if self.cross_attention:
             encoder_shape = encoder_outputs_shape or input_shape
-            self.cross_attention_layer = MultiHeadAttention(
-                self.num_heads, dropout=self.attention_dropout, dtype=self.dtype_policy, name="cross_attention"
-            )
+            self.cross_attention_layer = self._attention("cross_attention")
             self.cross_attention_layer.build(input_shape, encoder_shape)
             self.cross_attention_norm = self._layer_norm("cross_attention_norm")
             self.cross_attention_norm.build(input_shape)
             self.cross_attention_dropout = self._dropout("cross_attention_dropout")
-        self.feed_forward = FeedForward(
-            self.d_ff, activation=self.activation, dtype=self.dtype_policy, name="feed_forward"
-        )
+        self.feed_forward = self._feed_forward()
         self.feed_forward.build(input_shape)
         self.feed_forward_norm = self._layer_norm("feed_forward_norm")
         self.feed_forward_norm.build(input_shape)
@@ -110,6 +110,7 @@ class DecoderBlock(TransformerBlockBase):
         cache_index=None,
         cross_attention_cache=None,
         training=None,
+        position_ids=None,
     ):
         self._check_inputs(
             x, encoder_outputs, padding_mask, encoder_padding_mask, cache, cache_index,
@@ -131,6 +132,7 @@ class DecoderBlock(TransformerBlockBase):
                 cache=cache,
                 cache_index=cache_index,
                 training=training,
+                position_ids=position_ids,
             ),
             self.self_attention_norm,
             self.self_attention_dropout,

@@ -5,7 +5,6 @@ import keras
 from keras_transformer.layers import masks
 from keras_transformer.layers._block import TransformerBlockBase
 from keras_transformer.layers._validation import check_last_dim, check_rank
-from keras_transformer.layers.feed_forward import FeedForward
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 
 
@@ -24,6 +23,12 @@ class EncoderBlock(TransformerBlockBase):
         norm_first: pre-norm instead of the paper's post-norm.
         layer_norm_epsilon: LayerNorm epsilon.
         attention_dropout: dropout on attention probabilities.
+        num_key_value_heads: key/value heads of the attention (grouped-query attention).
+        use_bias: whether the attention and feed-forward projections have biases.
+        normalization: `"layer_norm"` or `"rms_norm"`.
+        gated_feed_forward: gated feed-forward (SwiGLU with `activation="silu"`).
+        rotary_max_wavelength: None, or the rotary base of the self-attention's RoPE.
+        rotary_scaling_factor: linear position interpolation of the RoPE.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -45,16 +50,12 @@ class EncoderBlock(TransformerBlockBase):
     def build(self, input_shape):
         check_rank("x", input_shape, 3)
         check_last_dim("x", input_shape)
-        self.self_attention = MultiHeadAttention(
-            self.num_heads, dropout=self.attention_dropout, dtype=self.dtype_policy, name="self_attention"
-        )
+        self.self_attention = self._attention("self_attention", rotary=True)
         self.self_attention.build(input_shape)
         self.self_attention_norm = self._layer_norm("self_attention_norm")
         self.self_attention_norm.build(input_shape)
         self.self_attention_dropout = self._dropout("self_attention_dropout")
-        self.feed_forward = FeedForward(
-            self.d_ff, activation=self.activation, dropout=0.0, dtype=self.dtype_policy, name="feed_forward"
-        )
+        self.feed_forward = self._feed_forward()
         self.feed_forward.build(input_shape)
         self.feed_forward_norm = self._layer_norm("feed_forward_norm")
         self.feed_forward_norm.build(input_shape)

@@ -24,7 +24,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         vocab_size: number of token ids.
         d_model: embedding width.
         max_length: number of positions for `positional="learned"`.
-        positional: `"sinusoidal"` or `"learned"`.
+        positional: `"sinusoidal"`, `"learned"`, or `"none"` (no position added: rotary models
+            rotate queries and keys inside attention instead).
         scale: multiply token embeddings by `sqrt(d_model)`.
         mask_zero: produce a Keras mask that is False where the token id is 0.
         dropout: dropout rate applied to the sum.
@@ -57,8 +58,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         check_positive_int("vocab_size", vocab_size)
         check_positive_int("d_model", d_model)
-        check_choice("positional", positional, ("sinusoidal", "learned"))
-        check_positive_int("max_length", max_length, allow_none=positional == "sinusoidal")
+        check_choice("positional", positional, ("sinusoidal", "learned", "none"))
+        check_positive_int("max_length", max_length, allow_none=positional != "learned")
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.max_length = max_length
@@ -76,23 +77,31 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="token_embedding",
         )
-        self.position_encoding = PositionalEncoding(
-            mode=self.positional,
-            max_length=self.max_length,
-            dtype=self.dtype_policy,
-            name="position_encoding",
-        )
+        self.position_encoding = None
+        if positional != "none":  # "none": positions enter elsewhere (rotary attention)
+            self.position_encoding = PositionalEncoding(
+                mode=self.positional,
+                max_length=self.max_length,
+                dtype=self.dtype_policy,
+                name="position_encoding",
+            )
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         self.token_embedding.build((None, None))
-        self.position_encoding.build((None, None, self.d_model))
+        if self.position_encoding is not None:
+            self.position_encoding.build((None, None, self.d_model))
         self.built = True
 
     @property
     def embeddings(self):
-        """The `(vocab_size, d_model)` token embedding matrix."""
-        return self.token_embedding.embeddings
+        """The `(vocab_size, d_model)` float token embedding matrix (LoRA merged; for a
+        quantized embedding, its stored integers divided by their per-token scales)."""
+        layer = self.token_embedding
+        if layer.quantization_mode is None:
+            return layer.embeddings
+        # Looking every id up dequantizes exactly as the lookups do, in every quantized mode.
+        return layer(ops.arange(self.vocab_size, dtype="int32"))
 
     def call(self, inputs, start_index=0, reverse=False, training=None):
         if reverse:
@@ -103,7 +112,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         x = self.token_embedding(inputs)
         if self.scale:
             x = x * ops.cast(math.sqrt(self.d_model), x.dtype)
-        x = self.position_encoding(x, start_index=start_index)
+        if self.position_encoding is not None:
+            x = self.position_encoding(x, start_index=start_index)
         return self.dropout_layer(x, training=training)
 
     def compute_mask(self, inputs, mask=None):
@@ -118,7 +128,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         if reverse:
             return keras.KerasTensor(tuple(inputs.shape[:-1]) + (self.vocab_size,), dtype=self.compute_dtype)
         check_rank("inputs", inputs, 2)
-        self.position_encoding._check_length(inputs.shape[1], start_index)  # known lengths only
+        if self.position_encoding is not None:
+            self.position_encoding._check_length(inputs.shape[1], start_index)  # known lengths only
         return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype=self.compute_dtype)
 
     def get_config(self):

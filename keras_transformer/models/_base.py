@@ -5,12 +5,13 @@ Each model is a *functional* `keras.Model` subclass: it builds its graph from ou
 `.keras` saving and export see every layer. Its config is exactly its constructor arguments.
 """
 
+import inspect
 import types
 
 import keras
-from keras import ops
 
 from keras_transformer.layers._validation import check_choice, check_positive_int, check_rate
+from keras_transformer.layers.cache import CacheSpec
 
 __all__ = ["TransformerModel"]
 
@@ -33,11 +34,83 @@ class TransformerModel(keras.Model):
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable}
         config.update(self._constructor_config)
+        quantized = self._quantized_policy_map()
+        if quantized is not None:
+            config["dtype"] = keras.dtype_policies.serialize(quantized)
+        if getattr(self, "_lora", None):
+            config["lora"] = dict(self._lora)
         return config
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        config = dict(config)
+        lora = config.pop("lora", None)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        model = cls(**config)
+        if lora:
+            model.enable_lora(**lora)
+        return model
+
+    def _quantized_policy_map(self):
+        """A `DTypePolicyMap` of the quantized layers (by path), or None when none is quantized:
+        passed back as `dtype`, it rebuilds each quantized sub-layer with its integer weights."""
+        layers = [layer for layer in self._flatten_layers(include_self=False) if layer.quantization_mode]
+        if not layers:
+            return None
+        default = self._constructor_config.get("dtype")
+        if isinstance(default, dict):  # already a map: its default policy
+            default = keras.dtype_policies.deserialize(default).default_policy
+        policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=default)
+        for layer in layers:
+            policy = layer.dtype_policy
+            if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+                policy = policy[layer.path]
+            policy_map[layer.path] = policy
+        return policy_map
+
+    # -- LoRA ----------------------------------------------------------------------------------
+
+    def enable_lora(self, rank, target_names=("query", "value"), lora_alpha=None):
+        """Freeze the model and train low-rank adapters on the named projections (LoRA).
+
+        Like keras-hub's backbones: every weight becomes non-trainable, then each projection
+        sub-layer whose name is in `target_names` gets Keras's own LoRA adapters
+        (`EinsumDense.enable_lora` / `Dense.enable_lora`), which are then the only trainable
+        weights. `fit` trains them; `.keras` files save and reload them; `export.to_onnx`
+        writes the merged kernels.
+
+        Args:
+            rank: rank of the adapters.
+            target_names: projection names: attention `"query"`, `"key"`, `"value"`,
+                `"attention_output"`; feed-forward `"intermediate_dense"`, `"gate_dense"`,
+                `"output_dense"`; `"lm_head"`.
+            lora_alpha: scale numerator (`lora_alpha / rank`); defaults to `rank`.
+        """
+        check_positive_int("rank", rank)
+        if isinstance(target_names, str) or not target_names or not all(isinstance(n, str) for n in target_names):
+            raise ValueError(
+                f"`target_names` must be a non-empty list of layer names; received target_names={target_names!r}."
+            )
+        if getattr(self, "_lora", None):
+            raise ValueError(f"LoRA is already enabled on this model (rank {self._lora['rank']}).")
+        layers = [layer for layer in self._flatten_layers(include_self=False) if hasattr(layer, "enable_lora")]
+        targets = [layer for layer in layers if layer.name in target_names]
+        if not targets:
+            raise ValueError(
+                f"No projection of this model is named one of target_names={list(target_names)!r}; "
+                f"projection names: {sorted({layer.name for layer in layers})}."
+            )
+        self.trainable = True
+        for layer in self._flatten_layers(include_self=False):
+            layer.trainable = False
+        for layer in targets:
+            layer.trainable = True
+            layer.enable_lora(rank, lora_alpha=lora_alpha)
+            if getattr(layer, "bias", None) is not None:
+                layer.bias.trainable = False  # only the adapters train
+        self._lora = {"rank": rank, "target_names": list(target_names), "lora_alpha": lora_alpha}
+        self.train_function = self.test_function = self.predict_function = None
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -79,28 +152,71 @@ class TransformerModel(keras.Model):
                 functions[key] = counted
         return functions[key]
 
-    # -- KV caches (models with `decoder_blocks`, `num_heads`, `d_model`) ---------------------
+    # -- KV caches (models with `decoder_blocks`) ------------------------------------------------
+
+    @property
+    def cache_spec(self):
+        """The `CacheSpec` of the decoder's self-attention caches (one per decoder block)."""
+        attention = self.decoder_blocks[0].self_attention
+        return CacheSpec(
+            len(self.decoder_blocks), attention.kv_heads, attention.head_dim,
+            self.decoder_blocks[0].compute_dtype,
+        )
 
     def initial_cache(self, batch_size, max_length):
-        """Zeroed self-attention KV caches, one `(batch, 2, num_heads, max_length, head_dim)`
+        """Zeroed self-attention KV caches, one `(batch, 2, kv_heads, max_length, head_dim)`
         tensor per decoder block, in the blocks' compute dtype (Keras casts a float cache
         passed to a block to that dtype anyway)."""
-        shape = (batch_size, 2, self.num_heads, max_length, self.d_model // self.num_heads)
-        dtype = self.decoder_blocks[0].compute_dtype
-        return tuple(ops.zeros(shape, dtype=dtype) for _ in self.decoder_blocks)
+        return self.cache_spec.zeros(batch_size, max_length)
 
     def _cache_signature(self):
         """`tf.TensorSpec`s of the caches: batch and cache length stay dynamic (no retracing)."""
         import tensorflow as tf
 
-        shape = (None, 2, self.num_heads, None, self.d_model // self.num_heads)
-        dtype = self.decoder_blocks[0].compute_dtype
-        return tuple(tf.TensorSpec(shape, dtype) for _ in self.decoder_blocks)
+        spec = self.cache_spec
+        return tuple(tf.TensorSpec(spec.shape(None, None), spec.dtype) for _ in range(spec.num_layers))
 
     @property
     def generation_trace_counts(self):
         """How often each compiled generation function was traced (`{name: count}`)."""
         return dict(self._compiled.trace_counts)
+
+
+POSITIONALS = ("sinusoidal", "learned", "rotary")
+
+
+def reject_unknown_arguments(model_class, kwargs):
+    """ValueError naming the arguments `model_class.__init__` does not take (a typo such as
+    `scale_embedding=False` must not be silently ignored)."""
+    if kwargs:
+        valid = [p for p in inspect.signature(model_class.__init__).parameters if p not in ("self", "kwargs")]
+        raise ValueError(
+            f"{model_class.__name__} got unknown argument(s) {sorted(kwargs)}; it takes: {', '.join(valid)}."
+        )
+
+
+def block_options(positional, num_key_value_heads, use_bias, normalization, gated_feed_forward,
+                  rotary_max_wavelength, rotary_scaling_factor):
+    """The modern-decoder options every block of a model shares (rotary only when
+    `positional="rotary"`)."""
+    return dict(
+        num_key_value_heads=num_key_value_heads, use_bias=use_bias, normalization=normalization,
+        gated_feed_forward=gated_feed_forward,
+        rotary_max_wavelength=rotary_max_wavelength if positional == "rotary" else None,
+        rotary_scaling_factor=rotary_scaling_factor,
+    )
+
+
+def embedding_positional(positional):
+    """What the embedding adds: rotary positions enter inside attention instead."""
+    return "none" if positional == "rotary" else positional
+
+
+def normalization_layer(normalization, epsilon, dtype, name):
+    """The final norm of pre-norm stacks: LayerNorm or RMSNorm."""
+    if normalization == "rms_norm":
+        return keras.layers.RMSNormalization(epsilon=epsilon, dtype=dtype, name=name)
+    return keras.layers.LayerNormalization(epsilon=epsilon, dtype=dtype, name=name)
 
 
 def check_common_args(vocab_size, d_model, num_heads, d_ff, dropout, max_length, positional, pad_id):
@@ -110,8 +226,8 @@ def check_common_args(vocab_size, d_model, num_heads, d_ff, dropout, max_length,
     check_positive_int("num_heads", num_heads)
     check_positive_int("d_ff", d_ff)
     check_rate("dropout", dropout)
-    check_choice("positional", positional, ("sinusoidal", "learned"))
-    check_positive_int("max_length", max_length, allow_none=positional == "sinusoidal")
+    check_choice("positional", positional, POSITIONALS)
+    check_positive_int("max_length", max_length, allow_none=positional != "learned")
     if d_model % num_heads:
         raise ValueError(
             f"`d_model` must be divisible by `num_heads`; received d_model={d_model}, "

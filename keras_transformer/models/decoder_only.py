@@ -8,7 +8,11 @@ from keras_transformer.layers import DecoderBlock, TokenAndPositionEmbedding
 from keras_transformer.layers._validation import check_positive_int
 from keras_transformer.models._base import (
     TransformerModel,
+    block_options,
     check_common_args,
+    embedding_positional,
+    normalization_layer,
+    reject_unknown_arguments,
     output_layer,
     serializable_dtype,
 )
@@ -35,13 +39,21 @@ class DecoderOnlyTransformer(TransformerModel):
         dropout: dropout on embeddings and residual branches.
         max_length: number of learned positions (required for `positional="learned"`); it is
             also the longest sequence `generate` can produce.
-        positional: `"sinusoidal"` or `"learned"`.
+        positional: `"sinusoidal"`, `"learned"` or `"rotary"` (RoPE in every self-attention,
+            nothing added to the embeddings; Llama/Mistral/Qwen2).
         norm_first: pre-norm blocks plus a final LayerNorm (GPT-2) instead of post-norm.
         activation: feed-forward activation (`"gelu"` in GPT-2).
         tie_embeddings: project to logits with the token embedding matrix.
         pad_id: padding token id (used by `generate` to pad finished rows).
         scale_embeddings: multiply token embeddings by sqrt(d_model) (the paper; GPT-2: False).
         layer_norm_epsilon: LayerNorm epsilon.
+        num_key_value_heads: key/value heads of every attention (grouped-query attention;
+            the KV cache holds only these); defaults to `num_heads`.
+        use_bias: whether the attention and feed-forward projections have biases.
+        normalization: `"layer_norm"` or `"rms_norm"` (every norm, the final one included).
+        gated_feed_forward: gated feed-forward (`activation="silu"`: SwiGLU as in Llama).
+        rotary_max_wavelength: rotary base `theta` when `positional="rotary"`.
+        rotary_scaling_factor: linear position interpolation of the rotary embedding.
         preset_name: set by `from_preset`; kept in the config for export metadata.
         dtype: dtype policy of every layer (e.g. `"mixed_float16"`); logits stay float32.
         name: model name.
@@ -72,32 +84,40 @@ class DecoderOnlyTransformer(TransformerModel):
         pad_id=0,
         scale_embeddings=True,
         layer_norm_epsilon=1e-6,
+        num_key_value_heads=None,
+        use_bias=True,
+        normalization="layer_norm",
+        gated_feed_forward=False,
+        rotary_max_wavelength=10000.0,
+        rotary_scaling_factor=1.0,
         preset_name=None,
         dtype=None,
         name=None,
+        trainable=True,
         **kwargs,
     ):
+        reject_unknown_arguments(type(self), kwargs)
         check_common_args(vocab_size, d_model, num_heads, d_ff, dropout, max_length, positional, pad_id)
         check_positive_int("num_layers", num_layers)
+        options = block_options(positional, num_key_value_heads, use_bias, normalization,
+                                gated_feed_forward, rotary_max_wavelength, rotary_scaling_factor)
 
         # === Layers ===
         token_embedding = TokenAndPositionEmbedding(
-            vocab_size, d_model, max_length=max_length, positional=positional,
+            vocab_size, d_model, max_length=max_length, positional=embedding_positional(positional),
             scale=scale_embeddings, dropout=dropout, dtype=dtype, name="token_embedding",
         )
         blocks = [
             DecoderBlock(
                 num_heads, d_ff, dropout=dropout, activation=activation, norm_first=norm_first,
                 layer_norm_epsilon=layer_norm_epsilon, cross_attention=False, dtype=dtype,
-                name=f"decoder_block_{i}",
+                name=f"decoder_block_{i}", **options,
             )
             for i in range(num_layers)
         ]
         final_norm = None
         if norm_first:
-            final_norm = keras.layers.LayerNormalization(
-                epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
-            )
+            final_norm = normalization_layer(normalization, layer_norm_epsilon, dtype, "final_norm")
         lm_head = None
         if not tie_embeddings:
             lm_head = keras.layers.Dense(vocab_size, use_bias=False, dtype=dtype, name="lm_head")
@@ -111,7 +131,7 @@ class DecoderOnlyTransformer(TransformerModel):
             x = final_norm(x)
         logits = token_embedding(x, reverse=True) if tie_embeddings else lm_head(x)
         logits = output_layer("logits")(logits)
-        super().__init__(inputs={"token_ids": token_ids}, outputs=logits, name=name, **kwargs)
+        super().__init__(inputs={"token_ids": token_ids}, outputs=logits, name=name, trainable=trainable)
 
         # === Config ===
         self.token_embedding = token_embedding
@@ -126,8 +146,11 @@ class DecoderOnlyTransformer(TransformerModel):
             d_ff=d_ff, dropout=dropout, max_length=max_length, positional=positional,
             norm_first=norm_first, activation=activation, tie_embeddings=tie_embeddings,
             pad_id=pad_id, scale_embeddings=scale_embeddings,
-            layer_norm_epsilon=layer_norm_epsilon, preset_name=preset_name,
-            dtype=serializable_dtype(dtype),
+            layer_norm_epsilon=layer_norm_epsilon,
+            num_key_value_heads=num_key_value_heads, use_bias=use_bias, normalization=normalization,
+            gated_feed_forward=gated_feed_forward, rotary_max_wavelength=rotary_max_wavelength,
+            rotary_scaling_factor=rotary_scaling_factor,
+            preset_name=preset_name, dtype=serializable_dtype(dtype),
         ))
 
     # -- incremental decoding -------------------------------------------------------------------

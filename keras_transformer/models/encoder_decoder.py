@@ -14,7 +14,11 @@ from keras_transformer.layers import (
 from keras_transformer.layers._validation import check_positive_int
 from keras_transformer.models._base import (
     TransformerModel,
+    block_options,
     check_common_args,
+    embedding_positional,
+    normalization_layer,
+    reject_unknown_arguments,
     output_layer,
     serializable_dtype,
 )
@@ -41,13 +45,17 @@ class EncoderDecoderTransformer(TransformerModel):
         d_model, num_heads, d_ff: widths (512, 8, 2048 in the base model).
         dropout: dropout on embeddings and residual branches (`P_drop`).
         max_length: number of learned positions (required for `positional="learned"`).
-        positional: `"sinusoidal"` (the paper) or `"learned"`.
+        positional: `"sinusoidal"` (the paper), `"learned"` or `"rotary"` (RoPE in every
+            self-attention).
         norm_first: pre-norm blocks plus final LayerNorms instead of the paper's post-norm.
         activation: feed-forward activation.
         target_vocab_size: a separate target vocabulary size; None shares `vocab_size`.
         tie_embeddings: project to logits with the (target) embedding matrix.
         pad_id: padding token id of source (and target) sequences.
         layer_norm_epsilon: LayerNorm epsilon.
+        num_key_value_heads, use_bias, normalization, gated_feed_forward,
+            rotary_max_wavelength, rotary_scaling_factor: the modern-decoder options, as in
+            `DecoderOnlyTransformer`.
         preset_name: set by `from_preset`; kept in the config for export metadata.
         dtype: dtype policy of every layer; logits stay float32.
         name: model name.
@@ -78,32 +86,44 @@ class EncoderDecoderTransformer(TransformerModel):
         tie_embeddings=True,
         pad_id=0,
         layer_norm_epsilon=1e-6,
+        num_key_value_heads=None,
+        use_bias=True,
+        normalization="layer_norm",
+        gated_feed_forward=False,
+        rotary_max_wavelength=10000.0,
+        rotary_scaling_factor=1.0,
         preset_name=None,
         dtype=None,
         name=None,
+        trainable=True,
         **kwargs,
     ):
+        reject_unknown_arguments(type(self), kwargs)
         check_common_args(vocab_size, d_model, num_heads, d_ff, dropout, max_length, positional, pad_id)
         check_positive_int("num_encoder_layers", num_encoder_layers)
         check_positive_int("num_decoder_layers", num_decoder_layers)
         check_positive_int("target_vocab_size", target_vocab_size, allow_none=True)
         output_vocab = target_vocab_size or vocab_size
 
+        options = block_options(positional, num_key_value_heads, use_bias, normalization,
+                                gated_feed_forward, rotary_max_wavelength, rotary_scaling_factor)
+
         # === Layers ===
         def embedding(size, layer_name):
             return TokenAndPositionEmbedding(
-                size, d_model, max_length=max_length, positional=positional, dropout=dropout,
+                size, d_model, max_length=max_length, positional=embedding_positional(positional),
+                dropout=dropout,
                 dtype=dtype, name=layer_name,
             )
 
         def block_args():
             return dict(dropout=dropout, activation=activation, norm_first=norm_first,
-                        layer_norm_epsilon=layer_norm_epsilon, dtype=dtype)
+                        layer_norm_epsilon=layer_norm_epsilon, dtype=dtype, **options)
 
         def final_norm(layer_name):
             if not norm_first:
                 return None
-            return keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=dtype, name=layer_name)
+            return normalization_layer(normalization, layer_norm_epsilon, dtype, layer_name)
 
         source_embedding = embedding(vocab_size, "token_embedding")
         shared_vocabulary = output_vocab == vocab_size
@@ -134,7 +154,7 @@ class EncoderDecoderTransformer(TransformerModel):
         logits = output_layer("logits")(logits)
         super().__init__(
             inputs={"encoder_token_ids": encoder_ids, "decoder_token_ids": decoder_ids},
-            outputs=logits, name=name, **kwargs,
+            outputs=logits, name=name, trainable=trainable,
         )
 
         # === Config ===
@@ -150,6 +170,9 @@ class EncoderDecoderTransformer(TransformerModel):
             dropout=dropout, max_length=max_length, positional=positional, norm_first=norm_first,
             activation=activation, target_vocab_size=target_vocab_size,
             tie_embeddings=tie_embeddings, pad_id=pad_id, layer_norm_epsilon=layer_norm_epsilon,
+            num_key_value_heads=num_key_value_heads, use_bias=use_bias, normalization=normalization,
+            gated_feed_forward=gated_feed_forward, rotary_max_wavelength=rotary_max_wavelength,
+            rotary_scaling_factor=rotary_scaling_factor,
             preset_name=preset_name,
             dtype=serializable_dtype(dtype),
         ))

@@ -7,7 +7,11 @@ from keras_transformer.layers import EncoderBlock, TokenAndPositionEmbedding, pa
 from keras_transformer.layers._validation import check_choice, check_positive_int, check_rate
 from keras_transformer.models._base import (
     TransformerModel,
+    block_options,
     check_common_args,
+    embedding_positional,
+    normalization_layer,
+    reject_unknown_arguments,
     output_layer,
     serializable_dtype,
 )
@@ -34,7 +38,7 @@ class EncoderOnlyTransformer(TransformerModel):
         vocab_size, num_layers, d_model, num_heads, d_ff: the architecture.
         dropout: dropout on embeddings, residual branches and the head input.
         max_length: number of learned positions (required for `positional="learned"`).
-        positional: `"sinusoidal"` or `"learned"` (BERT: learned, 512).
+        positional: `"sinusoidal"`, `"learned"` (BERT: learned, 512) or `"rotary"`.
         norm_first: pre-norm blocks plus a final LayerNorm.
         activation: feed-forward activation (BERT: `"gelu"`).
         head: `None`, `"classification"`, `"token_classification"` or `"masked_lm"`.
@@ -43,6 +47,9 @@ class EncoderOnlyTransformer(TransformerModel):
         pad_id: padding token id; padded positions are masked out of attention and pooling.
         scale_embeddings: multiply token embeddings by sqrt(d_model) (BERT: False).
         layer_norm_epsilon: LayerNorm epsilon.
+        num_key_value_heads, use_bias, normalization, gated_feed_forward,
+            rotary_max_wavelength, rotary_scaling_factor: the modern-decoder options, as in
+            `DecoderOnlyTransformer`.
         preset_name: set by `from_preset`; kept in the config for export metadata.
         dtype: dtype policy of every layer; outputs are float32.
         name: model name.
@@ -73,11 +80,19 @@ class EncoderOnlyTransformer(TransformerModel):
         pad_id=0,
         scale_embeddings=True,
         layer_norm_epsilon=1e-6,
+        num_key_value_heads=None,
+        use_bias=True,
+        normalization="layer_norm",
+        gated_feed_forward=False,
+        rotary_max_wavelength=10000.0,
+        rotary_scaling_factor=1.0,
         preset_name=None,
         dtype=None,
         name=None,
+        trainable=True,
         **kwargs,
     ):
+        reject_unknown_arguments(type(self), kwargs)
         check_common_args(vocab_size, d_model, num_heads, d_ff, dropout, max_length, positional, pad_id)
         check_positive_int("num_layers", num_layers)
         check_choice("head", head, HEADS)
@@ -91,14 +106,18 @@ class EncoderOnlyTransformer(TransformerModel):
                 f"num_classes={num_classes!r} with head={head!r}."
             )
 
+        options = block_options(positional, num_key_value_heads, use_bias, normalization,
+                                gated_feed_forward, rotary_max_wavelength, rotary_scaling_factor)
+
         # === Layers ===
         token_embedding = TokenAndPositionEmbedding(
-            vocab_size, d_model, max_length=max_length, positional=positional,
+            vocab_size, d_model, max_length=max_length, positional=embedding_positional(positional),
             scale=scale_embeddings, dropout=dropout, dtype=dtype, name="token_embedding",
         )
         blocks = [
             EncoderBlock(num_heads, d_ff, dropout=dropout, activation=activation, norm_first=norm_first,
-                         layer_norm_epsilon=layer_norm_epsilon, dtype=dtype, name=f"encoder_block_{i}")
+                         layer_norm_epsilon=layer_norm_epsilon, dtype=dtype, name=f"encoder_block_{i}",
+                         **options)
             for i in range(num_layers)
         ]
 
@@ -109,7 +128,7 @@ class EncoderOnlyTransformer(TransformerModel):
         for block in blocks:
             x = block(x, padding_mask=mask)
         if norm_first:
-            x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm")(x)
+            x = normalization_layer(normalization, layer_norm_epsilon, dtype, "final_norm")(x)
         if head is None:
             outputs = output_layer("hidden_states")(x)
         elif head == "masked_lm":
@@ -122,7 +141,7 @@ class EncoderOnlyTransformer(TransformerModel):
             x = keras.layers.Dropout(dropout, dtype=dtype, name="head_dropout")(x)
             x = keras.layers.Dense(num_classes, dtype=dtype, name="classifier")(x)
             outputs = output_layer("logits")(x)
-        super().__init__(inputs={"token_ids": token_ids}, outputs=outputs, name=name, **kwargs)
+        super().__init__(inputs={"token_ids": token_ids}, outputs=outputs, name=name, trainable=trainable)
 
         # === Config ===
         self.token_embedding, self.encoder_blocks = token_embedding, blocks
@@ -132,8 +151,11 @@ class EncoderOnlyTransformer(TransformerModel):
             d_ff=d_ff, dropout=dropout, max_length=max_length, positional=positional,
             norm_first=norm_first, activation=activation, head=head, num_classes=num_classes,
             pooling=pooling, pad_id=pad_id, scale_embeddings=scale_embeddings,
-            layer_norm_epsilon=layer_norm_epsilon, preset_name=preset_name,
-            dtype=serializable_dtype(dtype),
+            layer_norm_epsilon=layer_norm_epsilon,
+            num_key_value_heads=num_key_value_heads, use_bias=use_bias, normalization=normalization,
+            gated_feed_forward=gated_feed_forward, rotary_max_wavelength=rotary_max_wavelength,
+            rotary_scaling_factor=rotary_scaling_factor,
+            preset_name=preset_name, dtype=serializable_dtype(dtype),
         ))
 
 
