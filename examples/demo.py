@@ -201,6 +201,9 @@ def families_tour(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    from keras_transformer.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # before Keras: TensorFlow without its known start-up noise
     import keras
 
     keras.utils.set_random_seed(0)

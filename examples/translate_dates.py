@@ -248,6 +248,9 @@ def main(argv=None):
         assert "tensorflow" not in sys.modules, "the ONNX path must not import TensorFlow"
         print("  (onnxruntime only: TensorFlow was never imported in this process)")
         return 0
+    from keras_transformer.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # before Keras: TensorFlow without its known start-up noise
     model, _, _, paths = train_and_evaluate(args)
     texts = [text for text, _ in EXAMPLES]
     for (text, iso), prediction in zip(EXAMPLES, translate(model, texts)):

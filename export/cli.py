@@ -74,7 +74,6 @@ def _fail(console, code, message):
 def main(argv=None):
     """Runs the CLI; returns the exit code (also used as the process status)."""
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rich.console import Console
 
     console = Console(soft_wrap=True)
@@ -87,6 +86,9 @@ def main(argv=None):
     for fmt in formats:
         if os.path.lexists(targets[fmt]) and not args.overwrite:
             return _fail(error_console, EXIT_USAGE, f"{targets[fmt]} exists; pass --overwrite to replace it")
+    from keras_transformer.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # TensorFlow without its known start-up noise
     from export.validate import ExportValidationError
 
     with console.status("loading model") as status:
