@@ -40,6 +40,9 @@ def main(argv=None):
         raise SystemExit(
             f"Unknown benchmark(s) {unknown}; expected names from {available()}."
         )
+    from keras_transformer.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # TensorFlow without its known start-up noise
     failed = []
     for name in names:
         module = importlib.import_module(f"bench.{name}")

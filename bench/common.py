@@ -112,9 +112,19 @@ def write_json(name, data, directory=RESULTS_DIR):
 
 
 def write_bar_chart(name, values, title, xlabel, directory=RESULTS_DIR):
-    """Write a horizontal bar chart of `{label: value}` to `<directory>/<name>.png`."""
+    """Write a horizontal bar chart of `{label: value}` to `<directory>/<name>.png`.
+
+    Returns:
+        The path, or None (with a note) when matplotlib is missing: the measurements, already
+        written as JSON, must not be lost to the picture.
+    """
     from keras_transformer.visualize import plot_bars
 
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"{name}.png not drawn: matplotlib is missing (pip install -e '.[bench]')")
+        return None
     return plot_bars(values, os.path.join(directory, f"{name}.png"), title=title, ylabel=xlabel)
 
 

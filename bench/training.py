@@ -329,9 +329,11 @@ def report(data):
           f"{g['best_peer_rest_ms']:.0f} ({100 * g['best_peer_rest_of_peak']:.0f}%)",
           f"{g['needed_rest_ms']:.0f} ({100 * g['needed_rest_of_peak']:.0f}%)"]
          for g in data.get("goal", [])])
-    json_path = common.write_json("training", data)
+    json_path = common.write_json("training", data)  # first: the picture must not risk the numbers
+    print(f"wrote {json_path}", flush=True)
     png_path = common.write_bar_chart("training", bars, "Training tokens/s (model.fit)", "tokens/s")
-    print(f"wrote {json_path} and {png_path}")
+    if png_path:
+        print(f"wrote {png_path}")
     return json_path, png_path
 
 

@@ -43,6 +43,7 @@ FORMATS = (
     lambda d: f"{_month(d)[:3]} {ordinal(d.day)} {d.year}",           # Mar 5th 2021
     lambda d: f"{d.month}/{d.day}/{d.year}",                          # 3/5/2021
     lambda d: f"the {ordinal(d.day)} of {_month(d).lower()}, {d.year}",  # the 5th of march, 2021
+    lambda d: d.isoformat(),                                          # 2021-03-05 (already ISO)
 )
 
 PAD, START, END = 0, 1, 2
@@ -71,6 +72,17 @@ def make_pairs(count, seed=0, exclude=()):
         seen.add(text)
         pairs.append((text, date.isoformat()))
     return pairs
+
+
+def format_of(text, iso):
+    """The example of the format (`FORMATS[i]` applied to 2021-03-05) that wrote `text` for the
+    date `iso`, e.g. `"March 5, 2021"`; for accuracy per format."""
+    date = datetime.date.fromisoformat(iso)
+    example = datetime.date(2021, 3, 5)
+    for write in FORMATS:
+        if write(date) == text:
+            return write(example)
+    raise ValueError(f"`text` {text!r} is not written in any of FORMATS for the date {iso}.")
 
 
 def encode(text, length):

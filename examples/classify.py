@@ -113,6 +113,9 @@ def serve_with_onnxruntime(model, path, ids, log=print):
 
 def main(argv=None):
     args = parse_args(argv)
+    from keras_transformer.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # before Keras: TensorFlow without its known start-up noise
     import keras
 
     from keras_transformer.visualize import plot_confusion_matrix, plot_training_curves

@@ -99,6 +99,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    from keras_transformer.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # before Keras: TensorFlow without its known start-up noise
     import classify  # the docstring data set and tokenizer helpers
     import _stdlib_text as stdlib_text
 

@@ -125,15 +125,19 @@ def date_translator_tour(args):
     runtime_table("Keras vs SavedModel vs ONNX Runtime\n(logits of 32 held-out dates, teacher forcing)",
                   {"date translator": rows})
 
-    texts = list(translate_dates.EXAMPLES)
-    keras_out = translate_dates.translate(model, texts)
-    onnx_out = translate_dates.decode_with_onnx(generation_folder, texts) if generation_folder else ["-"] * len(texts)
-    table = Table(title=f"Greedy decoding (held-out exact match {accuracy:.1%})")
+    texts, references = zip(*translate_dates.EXAMPLES)
+    keras_out = translate_dates.translate(model, list(texts))
+    onnx_out = translate_dates.decode_with_onnx(generation_folder, list(texts)) if generation_folder else None
+    table = Table(title=f"Greedy decoding (held-out exact match {accuracy:.1%}; ✓ right, ✗ wrong)")
     for column in ("written by a person", "Keras .generate", "onnxruntime (KV cache)"):
         table.add_column(column)
-    for row in zip(texts, keras_out, onnx_out):
-        table.add_row(*row)
+    for index, (text, iso) in enumerate(zip(texts, references)):
+        onnx_cell = translate_dates.marked(onnx_out[index], iso) if onnx_out else "-"
+        table.add_row(text, translate_dates.marked(keras_out[index], iso), onnx_cell)
     console.print(table)
+    wrong = sum(p != iso for p, iso in zip(keras_out, references))
+    console.print(f"{len(texts) - wrong} of {len(texts)} examples right in Keras"
+                  + (f", {sum(p == iso for p, iso in zip(onnx_out, references))} in onnxruntime" if onnx_out else ""))
     console.print(f"PNGs: {paths['curves']}, {paths['attention']}")
 
 
@@ -158,6 +162,7 @@ def families_tour(args):
 
     from keras_transformer import training
     from keras_transformer.models import DecoderOnlyTransformer, EncoderOnlyTransformer
+    from keras_transformer.visualize import plot_training_curves
 
     console.rule("[bold]Part 2: one small model of each other family")
     folder = os.path.join(args.output, "families")
@@ -178,11 +183,14 @@ def families_tour(args):
         else:
             loss, metric = training.MaskedSparseCategoricalCrossentropy(label_smoothing=0.0), training.MaskedAccuracy()
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=[metric])
-        history = model.fit(x, y, batch_size=64, epochs=1 if args.smoke else 3, verbose=0)
+        history = model.fit(x, y, batch_size=64, epochs=1 if args.smoke else 3, verbose=0,
+                            validation_split=0.1)
         final = {k: v[-1] for k, v in history.history.items()}
         console.print(f"{family}: trained, " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()))
+        name = family.replace("-", "_")
+        curves = plot_training_curves(history, os.path.join(folder, f"{name}_training_curves.png"), title=family)
+        console.print(f"  training curves: {curves}")
         with console.status(f"Exporting the {family} model ..."):
-            name = family.replace("-", "_")
             savedmodel_path, onnx_path, report = export_both(model, folder, name)
         console.print(f"  exported {name}_savedmodel/ and {name}.onnx ({report.method} ONNX graph)")
         batch = {k: v[:16] for k, v in x.items()}
@@ -193,6 +201,9 @@ def families_tour(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    from keras_transformer.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # before Keras: TensorFlow without its known start-up noise
     import keras
 
     keras.utils.set_random_seed(0)

@@ -125,6 +125,9 @@ def main(argv=None):
     parser.add_argument("--worker", type=int, default=0, help="this worker's index (multi_worker)")
     parser.add_argument("--ports", default="23456,23457", help="loopback ports of all workers")
     args = parser.parse_args(argv)
+    from keras_transformer.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # before Keras: TensorFlow without its known start-up noise
 
     if args.strategy == "multi_worker":
         cluster = {"worker": [f"127.0.0.1:{port}" for port in args.ports.split(",")]}

@@ -142,6 +142,9 @@ def export_and_generate(model, tokenizer, args, folder, log=print):
 
 def main(argv=None):
     args = parse_args(argv)
+    from keras_transformer.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # before Keras: TensorFlow without its known start-up noise
     import keras
 
     from keras_transformer.visualize import plot_training_curves

@@ -19,7 +19,7 @@ def build_parser():
                     "shape sweep; nothing is written unless validation passes.",
         epilog="Exit codes: 0 success, 1 export or validation failed, 2 bad arguments or input.",
     )
-    parser.add_argument("model", help="the .keras file to export (loaded with safe_mode=True)")
+    parser.add_argument("model", help="the .keras file to export, as written by model.save (loaded with safe_mode=True; not a SavedModel or .onnx)")
     parser.add_argument("--to", choices=("onnx", "savedmodel", "all"), default="onnx",
                         help="what to write: OUT/model.onnx, OUT/saved_model/, or both (default: onnx)")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
@@ -49,6 +49,22 @@ def _load_model(path, imports):
     return load_model(path, safe_mode=True)
 
 
+_TAKES = "kt-export takes the .keras file written by model.save('model.keras')"
+
+
+def _input_problem(path):
+    """Why `path` is not a `.keras` file kt-export can read (a sentence), or None."""
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            return f"{path} is a TensorFlow SavedModel directory (an export output, not an input); {_TAKES}"
+        return f"{path} is a directory; {_TAKES}"
+    if not os.path.exists(path):
+        return f"model file not found: {path} ({_TAKES})"
+    if path.endswith(".onnx"):
+        return f"{path} is an ONNX file (an export output, not an input); {_TAKES}"
+    return None
+
+
 def _fail(console, code, message):
     console.print("error: ", style="bold red", end="")
     console.print(message, highlight=False, markup=False)
@@ -58,18 +74,21 @@ def _fail(console, code, message):
 def main(argv=None):
     """Runs the CLI; returns the exit code (also used as the process status)."""
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rich.console import Console
 
     console = Console(soft_wrap=True)
     error_console = Console(stderr=True, soft_wrap=True)
-    if not os.path.isfile(args.model):
-        return _fail(error_console, EXIT_USAGE, f"model file not found: {args.model}")
+    problem = _input_problem(args.model)
+    if problem:
+        return _fail(error_console, EXIT_USAGE, problem)
     targets = {"onnx": os.path.join(args.out, "model.onnx"), "savedmodel": os.path.join(args.out, "saved_model")}
     formats = ["onnx", "savedmodel"] if args.to == "all" else [args.to]
     for fmt in formats:
         if os.path.lexists(targets[fmt]) and not args.overwrite:
             return _fail(error_console, EXIT_USAGE, f"{targets[fmt]} exists; pass --overwrite to replace it")
+    from keras_transformer.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # TensorFlow without its known start-up noise
     from export.validate import ExportValidationError
 
     with console.status("loading model") as status:

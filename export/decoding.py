@@ -5,10 +5,12 @@ Write the graphs with `export.native.save_generation_graphs(model, folder)` (dec
 `generate(folder, ...)` with the same arguments as the Keras model's `generate`:
 
 * decoder-only: `generate(folder, prompt_token_ids, max_new_tokens, temperature=1.0,
-  top_k=None, top_p=None, seed=None, end_id=None)`: greedy (`temperature=0`) or sampled;
+  top_k=None, top_p=None, seed=None, end_id=None, suppress_ids=None, allow_pad=False,
+  return_lengths=False)`: greedy (`temperature=0`) or sampled;
   batched prompts of different lengths (a list of lists, or a right-padded array);
 * encoder-decoder: `generate(folder, encoder_token_ids, max_length, start_id, end_id,
-  num_beams=1, length_penalty=0.6, temperature=0.0, top_k=None, top_p=None, seed=None)`: greedy,
+  num_beams=1, length_penalty=0.6, temperature=0.0, top_k=None, top_p=None, seed=None,
+  suppress_ids=None, allow_pad=False, return_lengths=False)`: greedy,
   sampled (`temperature > 0`, `num_beams=1`) or beam search.
 
 The decoding loop is the one the Keras models run (`keras_transformer.search`), so greedy
@@ -190,20 +192,23 @@ class OnnxGenerator:
                              f"for max_length={limit}.")
 
     def _generate_continuation(self, prompt_token_ids, max_new_tokens, temperature=1.0, top_k=None,
-                               top_p=None, seed=None, end_id=None):
+                               top_p=None, seed=None, end_id=None, suppress_ids=None, allow_pad=False,
+                               return_lengths=False):
         meta = self.metadata
         prompts, lengths, single = search.prepare_prompts(prompt_token_ids, meta["vocab_size"], meta["pad_id"])
         max_new_tokens = _check_positive_int("max_new_tokens", max_new_tokens)
-        search.check_token_id("end_id", end_id, meta["vocab_size"], allow_none=True)
+        end_id = search.check_token_id("end_id", end_id, meta["vocab_size"], allow_none=True)
+        suppress = search.suppressed_ids(meta["vocab_size"], meta["pad_id"], end_id, suppress_ids, allow_pad)
         self._check_positions(int(lengths.max()) + max_new_tokens,
                               f"The longest prompt plus max_new_tokens={max_new_tokens}")
         choose = search.TokenChooser(temperature, top_k, top_p, seed)
-        tokens = search.decode(DecoderOnlyStepper(self.decoder), prompts, lengths, max_new_tokens, choose,
-                               end_id, meta["pad_id"])
-        return tokens[0] if single else tokens
+        tokens, lengths = search.decode(DecoderOnlyStepper(self.decoder), prompts, lengths, max_new_tokens, choose,
+                                        end_id, meta["pad_id"], suppress=suppress, return_lengths=True)
+        return search.generation_results(tokens, lengths, single, return_lengths)
 
     def _generate_translation(self, encoder_token_ids, max_length, start_id, end_id, num_beams=1,
-                              length_penalty=0.6, temperature=0.0, top_k=None, top_p=None, seed=None):
+                              length_penalty=0.6, temperature=0.0, top_k=None, top_p=None, seed=None,
+                              suppress_ids=None, allow_pad=False, return_lengths=False):
         meta = self.metadata
         sources, _, single = search.prepare_prompts(encoder_token_ids, meta["vocab_size"], meta["pad_id"],
                                                   name="encoder_token_ids")
@@ -211,6 +216,7 @@ class OnnxGenerator:
         num_beams = _check_positive_int("num_beams", num_beams)
         start_id = search.check_token_id("start_id", start_id, meta["target_vocab_size"])
         end_id = search.check_token_id("end_id", end_id, meta["target_vocab_size"])
+        suppress = search.suppressed_ids(meta["target_vocab_size"], meta["pad_id"], end_id, suppress_ids, allow_pad)
         if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
             raise ValueError(f"`length_penalty` must be a number; received length_penalty={length_penalty!r}.")
         if num_beams > 1 and temperature != 0.0:
@@ -222,11 +228,14 @@ class OnnxGenerator:
             stepper = EncoderDecoderStepper(self.encoder, self.decoder, sources)
             starts = np.full((batch, 1), start_id, dtype=np.int32)
             choose = search.TokenChooser(temperature, top_k, top_p, seed)
-            tokens = search.decode(stepper, starts, np.ones(batch, np.int64), max_length, choose, end_id, pad)[:, 1:]
+            tokens, lengths = search.decode(stepper, starts, np.ones(batch, np.int64), max_length, choose, end_id,
+                                            pad, suppress=suppress, return_lengths=True)
+            tokens, lengths = tokens[:, 1:], lengths - 1  # without the start token
         else:
             stepper = EncoderDecoderStepper(self.encoder, self.decoder, np.repeat(sources, num_beams, axis=0))
-            tokens = search.beam_search(stepper, batch, num_beams, max_length, start_id, end_id, pad, length_penalty)
-        return tokens[0] if single else tokens
+            tokens, lengths = search.beam_search(stepper, batch, num_beams, max_length, start_id, end_id, pad,
+                                                 length_penalty, suppress=suppress, return_lengths=True)
+        return search.generation_results(tokens, lengths, single, return_lengths)
 
 
 def generate(path, *args, providers="auto", intra_op_num_threads=None, **kwargs):

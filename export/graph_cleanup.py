@@ -1,4 +1,4 @@
-"""Post-conversion clean-up of a tf2onnx graph: LayerNormalization and tensordot fusion.
+"""Post-conversion clean-up of a tf2onnx graph: Erfc rewrite, LayerNormalization and tensordot fusion.
 
 tf2onnx's own layer-norm rewriter matches the TF1 contrib pattern, not Keras 3's
 `ops.layer_normalization`, which it emits as 12 nodes:
@@ -11,6 +11,9 @@ tf2onnx's own layer-norm rewriter matches the TF1 contrib pattern, not Keras 3's
 (opset >= 17). Keras's `Dense` on a 3-D input becomes TF's tensordot, 8 nodes around one MatMul
 (`Reshape(MatMul(Reshape(x, [-1, K]), W), Concat(Gather(Shape(x), [0, 1]), [N]))`);
 `fuse_tensordot_matmuls` replaces it by `MatMul(x, W)`, which ONNX broadcasts over leading axes.
+TensorFlow lowers exact (erf) GELU to `0.5 * x * Erfc(-x / sqrt(2))`, and tf2onnx copies the
+`Erfc` node through although no ONNX opset defines it (the checker and onnxruntime refuse the
+model); `rewrite_erfc` writes each as `1 - Erf(x)`, which every opset >= 9 has.
 The export's validation then checks the cleaned graph against Keras as usual.
 """
 
@@ -98,8 +101,7 @@ def _as_vector(g, name, width):
 
 def fuse_layer_norms(model_proto):
     """Replaces Keras layer-norm subgraphs by `LayerNormalization`; returns the number fused."""
-    opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 17:
+    if _opset(model_proto) < 17:
         return 0
     g = _Graph(model_proto.graph)
     fused = 0
@@ -165,9 +167,41 @@ def fuse_tensordot_matmuls(model_proto):
     return fused
 
 
+def _opset(model_proto):
+    return next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def rewrite_erfc(model_proto):
+    """Replaces each (non-ONNX) `Erfc(x)` node by `1 - Erf(x)`; returns the number rewritten.
+
+    The constant 1 takes x's element type through `CastLike` (opset >= 15), so one rewrite serves
+    float32 and mixed-precision (float16) graphs; older opsets get a float32 constant.
+    """
+    graph = model_proto.graph
+    nodes, rewritten = [], 0
+    for index, node in enumerate(graph.node):
+        if node.op_type != "Erfc" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        x, name = node.input[0], node.name or f"erfc_{index}"
+        one = f"{name}/one"
+        graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
+        nodes.append(helper.make_node("Erf", [x], [f"{name}/erf"], name=f"{name}/Erf"))
+        if _opset(model_proto) >= 15:
+            nodes.append(helper.make_node("CastLike", [one, x], [f"{name}/one_like"], name=f"{name}/CastLike"))
+            one = f"{name}/one_like"
+        nodes.append(helper.make_node("Sub", [one, f"{name}/erf"], list(node.output), name=f"{name}/Sub"))
+        rewritten += 1
+    if rewritten:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return rewritten
+
+
 def clean_up(model_proto):
-    """All fusions; returns `{fusion: count}`."""
-    return {"LayerNormalization": fuse_layer_norms(model_proto),
+    """The Erfc rewrite and all fusions; returns `{rewrite: count}`."""
+    return {"Erfc": rewrite_erfc(model_proto),
+            "LayerNormalization": fuse_layer_norms(model_proto),
             "MatMul (tensordot)": fuse_tensordot_matmuls(model_proto)}
 
 

@@ -92,7 +92,17 @@ def validate_onnx(model, path, *, atol=None, rtol=None, precision=None, max_leng
     session = onnxruntime.InferenceSession(os.fspath(path), providers=list(providers))
     cases = validate.model_sweep(model, signature.inputs, max_length, vocab_size, batch_sizes)
     reference = validate.keras_reference(model, signature.output_names)
-    return validate.compare(reference, session, cases, validate.comparator_for(precision, atol, rtol))
+    comparator = validate.comparator_for(_comparison_precision(model, precision), atol, rtol)
+    return validate.compare(reference, session, cases, comparator)
+
+
+def _comparison_precision(model, precision):
+    """`precision`, or "fp16" for a mixed-precision model exported at full precision: Keras and the
+    traced graph then both compute in half precision, with kernels that round differently."""
+    half = ("float16", "bfloat16")
+    if precision is None and any(getattr(layer, "compute_dtype", None) in half for layer in [model, *model.layers]):
+        return "fp16"
+    return precision
 
 
 def to_onnx(model, path, opset=None, *, method="auto", precision=None, validate=True, atol=None, rtol=None,
@@ -109,7 +119,8 @@ def to_onnx(model, path, opset=None, *, method="auto", precision=None, validate=
             model, else tracing), "native" or "tracing" (tf2onnx).
         precision: None/"fp32", "fp16" or "int8" (through `export.precision.convert`).
         validate: run the shape sweep and refuse to write on any mismatch (default True).
-        atol, rtol: comparison tolerances (fp32 default 1e-4 each; fp16 1e-2 scaled).
+        atol, rtol: comparison tolerances (fp32 default 1e-4 each; fp16 and mixed-precision
+            models 1e-2 scaled).
         max_length: cap on the longest sequence in the sweep (the model's own limit wins if smaller).
         vocab_size: token id range of the sweep; default read from the model's embeddings.
         batch_sizes: batch sizes of the sweep.

@@ -164,10 +164,15 @@ def _id_limits(metadata, input_names):
 
 
 def _cast(name, array, dtype):
-    """Casts where no value changes: ints that fit, floats to another float type, bools to ints."""
+    """Casts where no value changes: ints that fit, floats to another float type, bools to ints,
+    and floats holding whole numbers (ids read from float data) to ints."""
     if not isinstance(dtype, type) or array.dtype == dtype:
         return array
     target = np.dtype(dtype)
+    if np.issubdtype(target, np.integer) and np.issubdtype(array.dtype, np.floating):
+        from keras_transformer.token_ids import whole_number_ids  # numpy only
+
+        array = whole_number_ids(f"inputs[{name!r}]", array)
     if np.issubdtype(target, np.integer) and (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
         info = np.iinfo(target)
         if array.size and (array.min() < info.min or array.max() > info.max):

@@ -10,6 +10,8 @@ the installed onnxruntime accept.
 import contextlib
 import functools
 import json
+import logging
+import re
 
 import numpy as np
 
@@ -65,7 +67,7 @@ def trace(model, signature, opset, large_model=False):
 
     function = serving_function(model, signature)
     specs = tensor_specs(signature)
-    with _numpy_product_shim():
+    with _numpy_product_shim(), _erfc_errors_hidden():
         model_proto, storage = tf2onnx.convert.from_function(
             function, input_signature=specs, opset=opset, large_model=large_model
         )
@@ -74,6 +76,27 @@ def trace(model, signature, opset, large_model=False):
     _fold_captured_constants(model_proto, function.get_concrete_function(*specs))
     graph_cleanup.clean_up(model_proto)
     return model_proto
+
+
+_ERFC_ONLY = re.compile(r"Tensorflow op \[.*: Erfc\] is not supported|Unsupported ops: Counter\(\{'Erfc': \d+\}\)")
+
+
+class _ErfcFilter(logging.Filter):
+    """Drops tf2onnx's errors about `Erfc` alone, which `graph_cleanup.rewrite_erfc` rewrites (a
+    report of any other unsupported op still shows)."""
+
+    def filter(self, record):
+        return not _ERFC_ONLY.fullmatch(record.getMessage())
+
+
+@contextlib.contextmanager
+def _erfc_errors_hidden():
+    logger, erfc_filter = logging.getLogger("tf2onnx.tfonnx"), _ErfcFilter()
+    logger.addFilter(erfc_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(erfc_filter)
 
 
 @contextlib.contextmanager

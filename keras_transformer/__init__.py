@@ -3,12 +3,14 @@
 Submodules and the model classes load on first use (PEP 562), so `import keras_transformer` and
 the numpy-only `keras_transformer.search` (the decoding loops that ONNX Runtime generation
 shares) do not import Keras or TensorFlow. `from keras_transformer import layers` and
-`keras_transformer.models.DecoderOnlyTransformer` work as usual; importing `layers`, `models`
-or `training` registers their classes for `.keras` loading (`keras_transformer.saving.load_model`
-imports them all).
+`keras_transformer.models.DecoderOnlyTransformer` work as usual. The classes are registered for
+`.keras` loading as soon as Keras is imported (before or after this package; see
+`keras_transformer._registration`), so plain `keras.saving.load_model` finds them.
 """
 
 import importlib
+
+from keras_transformer import _registration
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,9 @@ __all__ = [
     "saving",
     "training",
 ]
+
+
+_registration.register_when_keras_is_imported()
 
 
 def __getattr__(name):

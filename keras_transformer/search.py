@@ -28,6 +28,9 @@ The algorithm:
   top-p, and draws with `numpy.random.default_rng(seed)`.
 * A row is finished after `max_new_tokens` new tokens or after emitting `end_id`; finished rows
   receive `pad_id`. The loop stops when every row is finished.
+* The ids of `suppressed_ids(...)` are never chosen: by default `pad_id`, which right-pads the
+  results (a generated pad would be indistinguishable from padding), plus any `suppress_ids`.
+  With `return_lengths=True` the loops also return each row's length.
 * Beam search (`beam_search`) keeps `num_beams` live hypotheses per example and scores finished
   ones with the GNMT length penalty `((5 + length) / 6) ** alpha` (Wu et al. 2016).
 
@@ -44,6 +47,10 @@ Example:
 
 import numpy as np
 
+from keras_transformer.token_ids import (  # noqa: F401 - part of this module's API
+    check_token_id, check_token_ids, prepare_prompts, suppressed_ids, whole_number_ids,
+)
+
 __all__ = [
     "TokenChooser",
     "beam_search",
@@ -51,116 +58,11 @@ __all__ = [
     "check_token_ids",
     "decode",
     "gnmt_length_penalty",
+    "generation_results",
     "prepare_prompts",
+    "suppressed_ids",
+    "whole_number_ids",
 ]
-
-
-# -- input checks (on the host, before anything runs) ---------------------------------------------
-
-
-def check_token_id(name, value, vocab_size, allow_none=False):
-    """Check one token id argument (`start_id`, `end_id`) and return it as a Python int.
-
-    Args:
-        name: the argument's name, for the error message.
-        value: the id received.
-        vocab_size: ids must lie in `[0, vocab_size)`.
-        allow_none: whether `None` (no such token) is accepted.
-
-    Returns:
-        `int(value)`, or None when `value` is None and that is allowed.
-
-    Raises:
-        ValueError: `value` is not an integer id in range.
-    """
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < vocab_size:
-        raise ValueError(f"`{name}` must be a token id in [0, {vocab_size}); received {name}={value!r}.")
-    return int(value)
-
-
-def check_token_ids(name, token_ids, vocab_size):
-    """Raise a ValueError naming the first out-of-vocabulary id (ids are never clipped silently).
-
-    Args:
-        name: the argument's name, for the error message.
-        token_ids: a 2-D integer array.
-        vocab_size: ids must lie in `[0, vocab_size)`.
-    """
-    bad = (token_ids < 0) | (token_ids >= vocab_size)
-    if bad.any():
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"`{name}` must hold token ids in [0, vocab_size={vocab_size}); received "
-            f"{int(token_ids[row, col])} at position [{row}, {col}] "
-            f"(range of the input: {int(token_ids.min())}..{int(token_ids.max())})."
-        )
-
-
-def _as_int_array(name, token_ids):
-    try:
-        array = np.asarray(token_ids)
-    except ValueError:
-        array = None  # ragged nested lists
-    if array is not None and array.dtype != object:
-        if array.size and not np.issubdtype(array.dtype, np.integer):
-            raise TypeError(f"`{name}` must hold integer token ids; received dtype {array.dtype}.")
-        return array.astype(np.int64), None
-    rows = [np.asarray(row) for row in token_ids]
-    for row in rows:
-        if row.ndim != 1 or (row.size and not np.issubdtype(row.dtype, np.integer)):
-            raise TypeError(f"`{name}` must be a list of integer id sequences; received a row {row!r}.")
-    return None, rows
-
-
-def prepare_prompts(prompt_token_ids, vocab_size, pad_id, name="prompt_token_ids"):
-    """Normalise prompts to a right-padded `(batch, P)` int32 buffer and per-row lengths.
-
-    Accepts one prompt (1-D), a `(batch, length)` array right-padded with `pad_id` (a row's
-    length is up to its last non-pad token), or a list of lists of different lengths.
-
-    Args:
-        prompt_token_ids: the prompts, in one of the forms above.
-        vocab_size: ids must lie in `[0, vocab_size)`.
-        pad_id: the id that right-pads rows of a 2-D array (and the new buffer).
-        name: the argument's name, for error messages.
-
-    Returns:
-        `(buffer, lengths, single)` where `single` says the input was one 1-D prompt.
-
-    Raises:
-        TypeError: the ids are not integers.
-        ValueError: the shape is wrong, a prompt is empty or an id is out of range.
-    """
-    array, rows = _as_int_array(name, prompt_token_ids)
-    single = array is not None and array.ndim == 1
-    if array is not None:
-        if single:
-            array = array[None, :]
-        if array.ndim != 2:
-            raise ValueError(
-                f"`{name}` must be 1-D (one sequence) or 2-D (batch, length); received "
-                f"shape {array.shape}."
-            )
-        not_pad = array != pad_id
-        lengths = np.zeros(array.shape[0], dtype=np.int64)  # zero columns: every prompt is empty
-        if array.shape[1]:
-            lengths = np.where(not_pad.any(axis=1), array.shape[1] - np.argmax(not_pad[:, ::-1], axis=1), 0)
-        if single:
-            lengths = np.array([array.shape[1]])
-        rows = [array[i, : lengths[i]] for i in range(array.shape[0])]
-    lengths = np.array([len(row) for row in rows], dtype=np.int64)
-    if len(rows) == 0 or lengths.min() == 0:
-        raise ValueError(
-            f"Every sequence in `{name}` needs at least one token; received lengths "
-            f"{lengths.tolist()}."
-        )
-    buffer = np.full((len(rows), int(lengths.max())), pad_id, dtype=np.int64)
-    for i, row in enumerate(rows):
-        buffer[i, : len(row)] = row
-    check_token_ids(name, buffer, vocab_size)
-    return buffer.astype(np.int32), lengths, single
 
 
 # -- choosing the next token -------------------------------------------------------------------
@@ -217,10 +119,28 @@ class TokenChooser:
         return np.array([self.rng.choice(probs.shape[-1], p=row) for row in probs])
 
 
+def _suppressed(logits, ids):
+    """`logits` with the logits of `ids` set to -inf (a copy; unchanged when there are none)."""
+    if ids is None or not len(ids):
+        return logits
+    logits = np.array(logits, dtype=np.float32)
+    logits[:, ids] = -np.inf
+    return logits
+
+
+def generation_results(tokens, lengths, single, return_lengths):
+    """What `generate` returns: `tokens` (one row for a single prompt), with `lengths` when asked."""
+    lengths = np.asarray(lengths, dtype=np.int32)
+    if single:
+        tokens, lengths = tokens[0], lengths[0]
+    return (tokens, lengths) if return_lengths else tokens
+
+
 # -- the decoding loops ------------------------------------------------------------------------
 
 
-def decode(stepper, prompts, lengths, max_new_tokens, choose, end_id, pad_id):
+def decode(stepper, prompts, lengths, max_new_tokens, choose, end_id, pad_id, suppress=None,
+           return_lengths=False):
     """Greedy or sampled decoding with teacher-forced prompts (see the module docstring).
 
     Args:
@@ -231,10 +151,12 @@ def decode(stepper, prompts, lengths, max_new_tokens, choose, end_id, pad_id):
         choose: `choose(logits) -> ids`, e.g. a `TokenChooser`.
         end_id: a row stops after emitting this id (None: never).
         pad_id: fills the positions after a row has stopped.
+        suppress: ids never chosen (`suppressed_ids(...)`), or None.
+        return_lengths: also return each row's length (prompt + new tokens, `end_id` included).
 
     Returns:
         `(batch, length)` int32 prompts followed by the new tokens, right-padded with `pad_id`;
-        `length` is at most `P + max_new_tokens`.
+        `length` is at most `P + max_new_tokens`. With `return_lengths`, `(tokens, lengths)`.
     """
     batch, prompt_width = prompts.shape
     total = prompt_width + max_new_tokens
@@ -248,7 +170,7 @@ def decode(stepper, prompts, lengths, max_new_tokens, choose, end_id, pad_id):
     index = start
     for index in range(start, total):
         forced = index < lengths
-        chosen = choose(logits)
+        chosen = choose(_suppressed(logits, suppress))
         active = ~forced & ~finished
         tokens[:, index] = np.where(forced, tokens[:, index], np.where(active, chosen, pad_id))
         generated += active
@@ -258,6 +180,8 @@ def decode(stepper, prompts, lengths, max_new_tokens, choose, end_id, pad_id):
         if finished.all() or index + 1 == total:
             break
         logits = stepper.step(tokens[:, index : index + 1], index)
+    if return_lengths:
+        return tokens[:, : index + 1], lengths + generated
     return tokens[:, : index + 1]
 
 
@@ -272,7 +196,8 @@ def _log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def beam_search(stepper, batch_size, num_beams, max_length, start_id, end_id, pad_id, length_penalty):
+def beam_search(stepper, batch_size, num_beams, max_length, start_id, end_id, pad_id, length_penalty,
+                suppress=None, return_lengths=False):
     """Beam search with the GNMT length penalty.
 
     Rows of the stepper are `batch_size * num_beams` (beam-major within each example). At each
@@ -292,9 +217,12 @@ def beam_search(stepper, batch_size, num_beams, max_length, start_id, end_id, pa
         end_id: ends a hypothesis.
         pad_id: right-pads the result.
         length_penalty: the GNMT `alpha` (0: plain summed log-probability).
+        suppress: ids never chosen (`suppressed_ids(...)`), or None.
+        return_lengths: also return each row's length (`end_id` included).
 
     Returns:
-        `(batch_size, length)` int32 ids (without `start_id`), right-padded with `pad_id`.
+        `(batch_size, length)` int32 ids (without `start_id`), right-padded with `pad_id`; with
+        `return_lengths`, `(tokens, lengths)`.
     """
     beams = num_beams
     tokens = np.full((batch_size * beams, max_length + 1), pad_id, dtype=np.int32)
@@ -306,7 +234,7 @@ def beam_search(stepper, batch_size, num_beams, max_length, start_id, end_id, pa
     finished = [[] for _ in range(batch_size)]  # (score, token list)
     done = np.zeros(batch_size, dtype=bool)
     for step in range(1, max_length + 1):
-        log_probs = _log_softmax(logits).reshape(batch_size, beams, -1)
+        log_probs = _log_softmax(_suppressed(logits, suppress)).reshape(batch_size, beams, -1)
         vocab = log_probs.shape[-1]
         candidates = (scores[:, :, None] + log_probs).reshape(batch_size, -1)
         order = np.argsort(-candidates, axis=-1, kind="stable")[:, : 2 * beams]
@@ -352,4 +280,6 @@ def beam_search(stepper, batch_size, num_beams, max_length, start_id, end_id, pa
     output = np.full((batch_size, width), pad_id, dtype=np.int32)
     for b, sequence in enumerate(best):
         output[b, : len(sequence)] = sequence
+    if return_lengths:
+        return output, np.array([len(sequence) for sequence in best], dtype=np.int64)
     return output

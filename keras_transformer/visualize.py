@@ -80,6 +80,13 @@ def _recording(layer, sink):
         object.__delattr__(layer, "call")
 
 
+def _unpaired(entry):
+    """The layer of an `attention_layers` `(path, layer)` pair, or `entry` itself."""
+    if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
+        return entry[1]
+    return entry
+
+
 def capture_attention(model, inputs, layers):
     """Run `model(inputs)` once (inference mode) and return the attention probabilities used.
 
@@ -87,7 +94,8 @@ def capture_attention(model, inputs, layers):
         model: a Keras model or layer (called eagerly with `training=False`), or any callable
             that runs the layers.
         inputs: what `model` takes (array, dict of arrays, ...).
-        layers: `MultiHeadAttention` layers inside `model` (see `attention_layers`).
+        layers: `MultiHeadAttention` layers inside `model`, or the `(path, layer)` pairs of
+            `attention_layers(model)` as they are.
 
     Returns:
         A list with one numpy array per layer, shape `(batch, num_heads, query_length,
@@ -97,7 +105,7 @@ def capture_attention(model, inputs, layers):
     Raises:
         ValueError: if a layer did not run during the call.
     """
-    layers = list(layers)
+    layers = [_unpaired(entry) for entry in layers]
     sinks = [[] for _ in layers]
     with contextlib.ExitStack() as stack:
         for layer, sink in zip(layers, sinks):
@@ -136,20 +144,72 @@ def _save(fig, path):
     return path
 
 
-def _heat(axis, matrix, key_labels, query_labels, title):
+def _tick_labels(axis, which, labels):
+    """Labels of the x or y ticks; short tokens (characters) stay upright, longer ones turn."""
+    if labels is None:
+        return
+    upright = which == "y" or max((len(str(label)) for label in labels), default=0) <= 2
+    getattr(axis, f"set_{which}ticks")(range(len(labels)))
+    getattr(axis, f"set_{which}ticklabels")(labels, rotation=0 if upright else 90, fontsize=8)
+
+
+def _heat(axis, matrix, key_labels, query_labels, title, axis_titles):
     image = axis.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     axis.set_title(title, fontsize=9)
-    if key_labels is not None:
-        axis.set_xticks(range(len(key_labels)))
-        axis.set_xticklabels(key_labels, rotation=90, fontsize=7)
-    if query_labels is not None:
-        axis.set_yticks(range(len(query_labels)))
-        axis.set_yticklabels(query_labels, fontsize=7)
+    _tick_labels(axis, "x", key_labels)
+    _tick_labels(axis, "y", query_labels)
+    axis.set_xlabel(axis_titles[0], fontsize=8)
+    axis.set_ylabel(axis_titles[1], fontsize=8)
     return image
 
 
+def _head_columns(heads):
+    """Columns of the per-head grid with no empty slot: the largest divisor of `heads` up to 4
+    (a prime number of heads above 3 gets one row)."""
+    columns = max(c for c in range(1, min(heads, 4) + 1) if heads % c == 0)
+    return heads if columns == 1 else columns
+
+
+def attention_figure(scores, key_labels=None, query_labels=None, title=None, per_head=True,
+                     key_title="attended to (keys)", query_title="attending (queries)"):
+    """The figure of `plot_attention` (not saved): the head average centred on top, then one
+    panel per head in a grid without empty slots. Arguments as `plot_attention`.
+
+    Returns:
+        A matplotlib `Figure`; close it with `matplotlib.pyplot.close(fig)`.
+    """
+    scores = _check_scores(scores)
+    heads, query_length, key_length = scores.shape
+    for name, labels, size in (("key_labels", key_labels, key_length),
+                               ("query_labels", query_labels, query_length)):
+        if labels is not None and len(labels) != size:
+            raise ValueError(
+                f"`{name}` must have {size} entries to match the scores; received {len(labels)}."
+            )
+    head_panels = [(f"head {i}", scores[i]) for i in range(heads)] if per_head and heads > 1 else []
+    columns = _head_columns(heads) if head_panels else 1
+    rows = 1 + math.ceil(len(head_panels) / columns)
+    width = max(3.5, key_length * 0.25 + 1.8)
+    height = max(2.8, query_length * 0.25 + 1.6)
+    plt = _pyplot()
+    # Constrained layout keeps the suptitle, panel titles, axis titles and colour bar apart.
+    fig = plt.figure(figsize=(width * columns + 1.0, height * rows + (0.5 if title else 0.0)), layout="constrained")
+    # Half-width grid cells: each head spans two, and the average the two in the middle, so it
+    # is centred above the heads at the size of one head panel.
+    grid = fig.add_gridspec(rows, 2 * columns)
+    panels = [(fig.add_subplot(grid[0, columns - 1:columns + 1]), f"average of {heads} heads", scores.mean(axis=0))]
+    panels += [(fig.add_subplot(grid[1 + i // columns, 2 * (i % columns):2 * (i % columns) + 2]), name, matrix)
+               for i, (name, matrix) in enumerate(head_panels)]
+    for axis, name, matrix in panels:
+        image = _heat(axis, matrix, key_labels, query_labels, name, (key_title, query_title))
+    fig.colorbar(image, ax=[axis for axis, _, _ in panels], shrink=0.8, label="attention probability")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def plot_attention(scores, key_labels=None, query_labels=None, path="attention.png", title=None,
-                   per_head=True):
+                   per_head=True, key_title="attended to (keys)", query_title="attending (queries)"):
     """Save an attention heat map: the head average, and (optionally) one panel per head.
 
     Args:
@@ -160,36 +220,13 @@ def plot_attention(scores, key_labels=None, query_labels=None, path="attention.p
         path: PNG file to write; parent folders are created.
         title: figure title.
         per_head: also draw each head.
+        key_title, query_title: the x and y axis titles (e.g. "source" and "output" for
+            cross-attention).
 
     Returns:
         `path`.
     """
-    scores = _check_scores(scores)
-    heads, query_length, key_length = scores.shape
-    for name, labels, size in (("key_labels", key_labels, key_length),
-                               ("query_labels", query_labels, query_length)):
-        if labels is not None and len(labels) != size:
-            raise ValueError(
-                f"`{name}` must have {size} entries to match the scores; received {len(labels)}."
-            )
-    panels = [("average of %d heads" % heads, scores.mean(axis=0))]
-    if per_head and heads > 1:
-        panels += [(f"head {i}", scores[i]) for i in range(heads)]
-    columns = min(len(panels), 3)
-    rows = math.ceil(len(panels) / columns)
-    cell = 0.25
-    width = max(3.0, key_length * cell + 1.5)
-    height = max(2.5, query_length * cell + 1.2)
-    plt = _pyplot()
-    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
-    for axis in axes.flat[len(panels):]:
-        axis.axis("off")
-    for axis, (name, matrix) in zip(axes.flat, panels):
-        image = _heat(axis, matrix, key_labels, query_labels, name)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention probability")
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    return _save(attention_figure(scores, key_labels, query_labels, title, per_head, key_title, query_title), path)
 
 
 def plot_training_curves(history, path="training_curves.png", title=None):
@@ -200,6 +237,11 @@ def plot_training_curves(history, path="training_curves.png", title=None):
     Returns:
         `path`.
     """
+    return _save(training_curves_figure(history, title), path)
+
+
+def training_curves_figure(history, title=None):
+    """The figure of `plot_training_curves` (not saved); close it with `pyplot.close(fig)`."""
     logs = getattr(history, "history", history)
     if not isinstance(logs, dict) or not logs:
         raise ValueError(
@@ -209,19 +251,20 @@ def plot_training_curves(history, path="training_curves.png", title=None):
     names = [name for name in logs if not name.startswith("val_") and name != "learning_rate"]
     names += [name[4:] for name in logs if name.startswith("val_") and name[4:] not in logs]
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, layout="constrained")
     for axis, name in zip(axes.flat, names):
         for key, style in ((name, "o-"), ("val_" + name, "s--")):
             if key in logs:
                 values = [float(v) for v in logs[key]]
                 axis.plot(range(1, len(values) + 1), values, style, label=key, markersize=3)
         axis.set_xlabel("epoch")
+        axis.set_ylabel(name)
         axis.set_title(name)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     if title:
-        fig.suptitle(title, y=1.03)
-    return _save(fig, path)
+        fig.suptitle(title)
+    return fig
 
 
 def plot_confusion_matrix(matrix, labels, path="confusion_matrix.png", title=None):

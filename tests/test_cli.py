@@ -52,6 +52,16 @@ def test_missing_model_file(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_export_outputs_as_input_say_what_they_are(exported, capsys):
+    _, out, _, _ = exported
+    for given, kind in ((out / "saved_model", "is a TensorFlow SavedModel directory"),
+                        (out / "model.onnx", "is an ONNX file"), (out, "is a directory")):
+        code = cli.main([str(given), "--out", str(out / "again")])
+        err = capsys.readouterr().err
+        assert code == cli.EXIT_USAGE and f"{given} {kind}" in err and "takes the .keras file" in err
+    assert not os.path.exists(out / "again")
+
+
 def test_validation_failure_exits_one_and_writes_nothing(exported, tmp_path, monkeypatch, capsys):
     model_path, out, _, _ = exported
     proto = onnx.load(str(out / "model.onnx"))

@@ -19,7 +19,7 @@ EXPECTED = {
     "translate_dates.py": (
         ["date_translator.keras", "training_curves.png", "attention.png", "date_translator.onnx",
          "generation/encoder.onnx", "generation/decoder.onnx"],
-        ["Exact match on", "TensorFlow was never imported in this process"],
+        ["Exact match on", "per input format:", "'2021-03-05'", "TensorFlow was never imported in this process"],
     ),
     "language_model.py": (
         ["docstring_lm.keras", "tokenizer.json", "training_curves.png", "docstring_lm.onnx",
@@ -37,8 +37,10 @@ EXPECTED = {
     ),
     "demo.py": (
         ["dates/training_curves.png", "dates/attention.png", "dates/date_translator.onnx",
-         "dates/savedmodel/saved_model.pb", "families/encoder_only.onnx", "families/decoder_only.onnx"],
-        ["Keras vs SavedModel vs ONNX Runtime", "encoder-only", "decoder-only"],
+         "dates/savedmodel/saved_model.pb", "families/encoder_only.onnx", "families/decoder_only.onnx",
+         "families/encoder_only_training_curves.png", "families/decoder_only_training_curves.png"],
+        ["Keras vs SavedModel vs ONNX Runtime", "encoder-only", "decoder-only", "per input format:",
+         "examples right in Keras"],
     ),
 }
 

@@ -28,7 +28,10 @@ def translation_model(**overrides):
 
 
 def last_logits(model, tokens):
-    return np.asarray(model({"token_ids": np.asarray([tokens], dtype="int32")}))[0, -1]
+    """The logits of the last position, with `pad_id`'s at -inf (generation never chooses it)."""
+    logits = np.array(model({"token_ids": np.asarray([tokens], dtype="int32")}))[0, -1]
+    logits[model.pad_id] = -np.inf
+    return logits
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +178,7 @@ def test_bad_generation_input_is_refused_on_the_host(gpt):
         gpt.generate([[3] * 20], max_new_tokens=5)
     with pytest.raises(ValueError, match="at least one token"):
         gpt.generate([[3], []], 2)
-    with pytest.raises(TypeError, match="integer"):
+    with pytest.raises(ValueError, match=r"token ids \(integers, or floats with whole values\); received 3.5"):
         gpt.generate([[3.5, 2.0]], 2)
     with pytest.raises(ValueError, match="end_id"):
         gpt.generate([[3]], 2, end_id=20)

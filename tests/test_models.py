@@ -179,3 +179,21 @@ def test_mixed_precision_keeps_float32_logits():
 def test_bad_arguments_raise_early(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_single_input_models_take_a_plain_array_without_warnings():
+    import warnings
+
+    from keras_transformer.models import EncoderOnlyTransformer
+
+    x = np.random.default_rng(0).integers(1, 30, (8, 5)).astype("int32")
+    cases = [(DecoderOnlyTransformer(30, 1, 16, 2, 32), x),
+             (EncoderOnlyTransformer(30, 1, 16, 2, 32, head="classification", num_classes=2), x[:, 0] % 2)]
+    for model, labels in cases:
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Keras's "structure of `inputs` doesn't match" included
+            model.fit(x, labels, epochs=1, verbose=0, validation_split=0.25)
+            from_array = model.predict(x, verbose=0)
+            model.evaluate(x, labels, verbose=0)
+        np.testing.assert_allclose(from_array, model.predict({"token_ids": x}, verbose=0), rtol=1e-6, atol=1e-6)

@@ -65,6 +65,16 @@ def test_capture_leaves_the_model_outputs_and_layer_unchanged(seq2seq):
     assert "call" not in vars(layers[0])  # the recording hook was removed
 
 
+def test_attention_layers_pairs_are_accepted_as_they_are(seq2seq):
+    model, inputs = seq2seq
+    pairs = visualize.attention_layers(model)
+    from_pairs = visualize.capture_attention(model, inputs, pairs)
+    from_layers = visualize.capture_attention(model, inputs, [layer for _, layer in pairs])
+    assert len(from_pairs) == len(pairs)
+    for a, b in zip(from_pairs, from_layers):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_capture_rejects_foreign_layers_and_layers_that_did_not_run(seq2seq):
     model, inputs = seq2seq
     with pytest.raises(TypeError, match="MultiHeadAttention"):
@@ -83,12 +93,43 @@ def test_plot_attention_writes_png_and_checks_labels(tmp_path):
         visualize.plot_attention(np.zeros((1, 2, 3, 4)), path=str(tmp_path / "c.png"))
 
 
+def _overlap(a, b):
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("heads, query_length, key_length", [(4, 3, 4), (2, 10, 31), (1, 2, 2), (5, 4, 6)])
+def test_attention_figure_is_readable(heads, query_length, key_length):
+    plt = visualize._pyplot()
+    scores = np.random.default_rng(0).dirichlet(np.ones(key_length), (heads, query_length)).astype("float32")
+    fig = visualize.attention_figure(scores, list("abcdefghijklmnopqrstuvwxyz0123456789")[:key_length],
+                                     list("xyzuvwpqrs")[:query_length], title="a long figure title " * 3,
+                                     key_title="source", query_title="output")
+    try:
+        renderer = fig.canvas.get_renderer()
+        fig.draw(renderer)
+        panels = [axis for axis in fig.axes if axis.get_label() != "<colorbar>"]
+        assert len(panels) == 1 + (heads if heads > 1 else 0)  # no empty grid slot
+        for axis in panels:
+            assert axis.has_data()
+            assert axis.get_xlabel() == "source" and axis.get_ylabel() == "output"
+            assert all(label.get_rotation() == 0 for label in axis.get_xticklabels())  # characters upright
+        suptitle = fig._suptitle.get_window_extent(renderer)
+        assert not any(_overlap(suptitle, axis.title.get_window_extent(renderer)) for axis in panels)
+    finally:
+        plt.close(fig)
+
+
 def test_training_curves_from_a_real_history(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     x, y = np.random.rand(8, 3).astype("float32"), np.array([0, 1] * 4)
     history = model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0)
     assert _is_png(visualize.plot_training_curves(history, str(tmp_path / "curves.png")))
+    fig = visualize.training_curves_figure(history, title="curves")
+    try:
+        assert sorted(axis.get_ylabel() for axis in fig.axes) == ["accuracy", "loss"]
+    finally:
+        visualize._pyplot().close(fig)
     with pytest.raises(ValueError, match="history"):
         visualize.plot_training_curves({}, str(tmp_path / "empty.png"))
 

@@ -93,7 +93,12 @@ def check_token_ids(name, tensor, vocab_size):
     are known (eager calls). Inside compiled graphs the gather op reports bad ids itself."""
     dtype = keras.backend.standardize_dtype(tensor.dtype)
     if "int" not in dtype:
-        raise TypeError(f"`{name}` must hold integer token ids; received dtype {dtype}.")
+        # Inside a compiled graph the values are unknown, so float ids cannot be checked to be
+        # whole numbers here; `generate` and `export.runtime` (numpy inputs) do cast them.
+        raise TypeError(
+            f"`{name}` must hold integer token ids; received dtype {dtype} (cast float ids with "
+            f"keras.ops.cast(ids, 'int32'))."
+        )
     try:
         values = keras.ops.convert_to_numpy(tensor)
     except Exception:  # noqa: BLE001 - a symbolic (traced) tensor has no values yet

@@ -29,6 +29,14 @@ class TransformerModel(keras.Model):
         # so exporting a model never traces or saves them.
         self._compiled = types.SimpleNamespace(functions={}, trace_counts={})
 
+    def __call__(self, *args, **kwargs):
+        # A single-input model takes its one array as is (`model(ids)`, `fit(ids, labels)`):
+        # named here, Keras does not warn that the structure of `inputs` is not its dict.
+        structure = getattr(self, "_inputs_struct", None)
+        if args and isinstance(structure, dict) and len(structure) == 1 and not isinstance(args[0], dict):
+            args = ({next(iter(structure)): args[0]}, *args[1:])
+        return super().__call__(*args, **kwargs)
+
     # -- config ------------------------------------------------------------------------------
 
     def get_config(self):

@@ -199,6 +199,9 @@ class DecoderOnlyTransformer(TransformerModel):
         seed=None,
         end_id=None,
         use_cache=True,
+        suppress_ids=None,
+        allow_pad=False,
+        return_lengths=False,
     ):
         """Continue each prompt by up to `max_new_tokens` tokens.
 
@@ -213,16 +216,21 @@ class DecoderOnlyTransformer(TransformerModel):
             end_id: a row stops after emitting this id; later positions hold `pad_id`.
             use_cache: use the KV cache (one step per token); False re-runs the whole sequence
                 at every step (the reference the cache is tested against).
+            suppress_ids: ids never to generate (besides `pad_id`).
+            allow_pad: let the model generate `pad_id` (by default never: it pads the result).
+            return_lengths: also return each row's length (prompt + new tokens).
 
         Returns:
             A numpy int32 array `(batch, length)` (or `(length,)` for a single prompt): each row
-            is its prompt followed by its new tokens, right-padded with `pad_id`.
+            is its prompt followed by its new tokens, right-padded with `pad_id`. With
+            `return_lengths`, `(tokens, lengths)`; `tokens[i, :lengths[i]]` is row i's sequence.
         """
         prompts, lengths, single = generation.prepare_prompts(
             prompt_token_ids, self.vocab_size, self.pad_id
         )
         check_positive_int("max_new_tokens", max_new_tokens)
-        generation.check_token_id("end_id", end_id, self.vocab_size, allow_none=True)
+        end_id = generation.check_token_id("end_id", end_id, self.vocab_size, allow_none=True)
+        suppress = generation.suppressed_ids(self.vocab_size, self.pad_id, end_id, suppress_ids, allow_pad)
         total = int(lengths.max()) + max_new_tokens
         if self.max_length is not None and total > self.max_length:
             raise ValueError(
@@ -231,7 +239,8 @@ class DecoderOnlyTransformer(TransformerModel):
                 f"for max_length={self.max_length}."
             )
         choose = generation.TokenChooser(temperature, top_k, top_p, seed)
-        tokens = generation.decode(
-            self._steppers(use_cache), prompts, lengths, max_new_tokens, choose, end_id, self.pad_id
+        tokens, lengths = generation.decode(
+            self._steppers(use_cache), prompts, lengths, max_new_tokens, choose, end_id, self.pad_id,
+            suppress=suppress, return_lengths=True,
         )
-        return tokens[0] if single else tokens
+        return generation.generation_results(tokens, lengths, single, return_lengths)

@@ -228,7 +228,7 @@ class EncoderDecoderTransformer(TransformerModel):
         return generation.CachedStepper(step, self.initial_cache, extra=(cross_caches, source_mask))
 
     def generate(self, encoder_token_ids, max_length, start_id, end_id, num_beams=1, length_penalty=0.6,
-                 use_cache=True):
+                 use_cache=True, suppress_ids=None, allow_pad=False, return_lengths=False):
         """Translate: greedy decoding (`num_beams=1`) or beam search with the GNMT length penalty.
 
         Args:
@@ -240,10 +240,14 @@ class EncoderDecoderTransformer(TransformerModel):
             num_beams: 1 for greedy; the paper used 4.
             length_penalty: GNMT `alpha` in `((5 + length) / 6) ** alpha` (paper: 0.6).
             use_cache: False re-runs the decoder on the whole prefix every step (reference).
+            suppress_ids: ids never to generate (besides `pad_id`).
+            allow_pad: let the model generate `pad_id` (by default never: it pads the result).
+            return_lengths: also return each row's length (`end_id` included).
 
         Returns:
             numpy int32 `(batch, length)` (or `(length,)` for one sequence) of generated ids,
-            right-padded with `pad_id`; `length <= max_length`.
+            right-padded with `pad_id`; `length <= max_length`. With `return_lengths`,
+            `(tokens, lengths)`.
         """
         sources, _, single = generation.prepare_prompts(
             encoder_token_ids, self.vocab_size, self.pad_id, name="encoder_token_ids"
@@ -252,6 +256,7 @@ class EncoderDecoderTransformer(TransformerModel):
         check_positive_int("num_beams", num_beams)
         start_id = generation.check_token_id("start_id", start_id, self.target_vocab_size)
         end_id = generation.check_token_id("end_id", end_id, self.target_vocab_size)
+        suppress = generation.suppressed_ids(self.target_vocab_size, self.pad_id, end_id, suppress_ids, allow_pad)
         if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
             raise ValueError(f"`length_penalty` must be a number; received length_penalty={length_penalty!r}.")
         if self.max_length is not None and max(max_length + 1, sources.shape[1]) > self.max_length:
@@ -262,13 +267,15 @@ class EncoderDecoderTransformer(TransformerModel):
         batch = sources.shape[0]
         if num_beams == 1:
             starts = np.full((batch, 1), start_id, dtype=np.int32)
-            tokens = generation.decode(
+            tokens, lengths = generation.decode(
                 self._stepper(sources, use_cache), starts, np.ones(batch, dtype=np.int64), max_length,
-                generation.TokenChooser(temperature=0.0), end_id, self.pad_id,
-            )[:, 1:]
+                generation.TokenChooser(temperature=0.0), end_id, self.pad_id, suppress=suppress, return_lengths=True,
+            )
+            tokens, lengths = tokens[:, 1:], lengths - 1  # without the start token
         else:
             stepper = self._stepper(np.repeat(sources, num_beams, axis=0), use_cache)
-            tokens = generation.beam_search(
-                stepper, batch, num_beams, max_length, start_id, end_id, self.pad_id, length_penalty
+            tokens, lengths = generation.beam_search(
+                stepper, batch, num_beams, max_length, start_id, end_id, self.pad_id, length_penalty,
+                suppress=suppress, return_lengths=True,
             )
-        return tokens[0] if single else tokens
+        return generation.generation_results(tokens, lengths, single, return_lengths)
