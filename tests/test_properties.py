@@ -8,6 +8,8 @@ few derandomized examples so that the run is deterministic and cheap on a shared
 - cached (incremental) decoding equals full decoding, for every split of prompt and steps;
 - and through the model classes: batched greedy generation with the KV cache equals full
   recomputation for prompts of mixed lengths, and a classifier ignores trailing padding.
+Each layer property runs for the paper's blocks and for Llama-shaped ones (grouped-query
+attention, rotary positions, RMSNorm, gated SiLU feed-forward, no biases).
 """
 
 import numpy as np
@@ -32,12 +34,17 @@ PROPERTY_SETTINGS = settings(
 )
 
 
-@pytest.fixture(scope="module")
-def layers():
+MODERN = dict(num_key_value_heads=1, rotary_max_wavelength=10000.0, normalization="rms_norm",
+              gated_feed_forward=True, activation="silu", use_bias=False)
+
+
+@pytest.fixture(scope="module", params=["paper", "modern"])
+def layers(request):
     """Tiny layers, built once: dropout 0 so that every call is deterministic."""
-    encoder = EncoderBlock(NUM_HEADS, D_FF, dropout=0.0)
+    options = MODERN if request.param == "modern" else {}
+    encoder = EncoderBlock(NUM_HEADS, D_FF, dropout=0.0, **options)
     encoder.build((None, None, D_MODEL))
-    decoder = DecoderBlock(NUM_HEADS, D_FF, dropout=0.0, norm_first=True)
+    decoder = DecoderBlock(NUM_HEADS, D_FF, dropout=0.0, norm_first=True, **options)
     decoder.build((None, None, D_MODEL), (None, None, D_MODEL))
     embedding = TokenAndPositionEmbedding(VOCAB, D_MODEL)
     embedding.build((None, None))
@@ -127,7 +134,7 @@ def test_cached_decoding_equals_full_decoding(layers, batch_size, total, data):
 
     full = ops.convert_to_numpy(decoder(embedding(token_ids), encoder_outputs=memory))
 
-    cache = ops.zeros((batch_size, 2, NUM_HEADS, MAX_LENGTH, D_MODEL // NUM_HEADS))
+    (cache,) = decoder.self_attention.cache_spec().zeros(batch_size, MAX_LENGTH)
     cross_cache = decoder.compute_cross_attention_cache(ops.convert_to_tensor(memory))
     steps = []
     start = 0
@@ -144,12 +151,14 @@ def test_cached_decoding_equals_full_decoding(layers, batch_size, total, data):
 # -- the same properties through the model classes ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def models():
+@pytest.fixture(scope="module", params=["paper", "modern"])
+def models(request):
     from keras_transformer.models import DecoderOnlyTransformer, EncoderOnlyTransformer
 
     common = dict(vocab_size=VOCAB, num_layers=1, d_model=D_MODEL, num_heads=NUM_HEADS, d_ff=D_FF,
                   dropout=0.0, max_length=2 * MAX_LENGTH, positional="learned")
+    if request.param == "modern":
+        common.update(MODERN, positional="rotary", norm_first=True)
     decoder = DecoderOnlyTransformer(**common)
     classifier = EncoderOnlyTransformer(**common, head="classification", num_classes=3, pooling="mean")
     return decoder, classifier
