@@ -10,6 +10,7 @@ import types
 import keras
 from keras import ops
 
+from keras_transformer import backend
 from keras_transformer.layers._validation import check_choice, check_positive_int, check_rate
 
 __all__ = ["TransformerModel"]
@@ -58,25 +59,30 @@ class TransformerModel(keras.Model):
         config["preset_name"] = name
         return cls(**config)
 
+    @staticmethod
+    def get_layout_map(device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch"):
+        """The `keras.distribution.LayoutMap` for `ModelParallel` (see
+        `keras_transformer.distribution.get_layout_map`, which documents the arguments)."""
+        from keras_transformer import distribution
+
+        return distribution.get_layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name)
+
     # -- compiled generation functions --------------------------------------------------------
 
     def _compiled_function(self, key, python_function, input_signature):
-        """`python_function` compiled once per model (a `tf.function` with a fixed signature of
-        dynamic shapes, so new batch sizes or lengths never retrace); plain on other backends."""
+        """`python_function` compiled once per model for the running backend (see
+        `keras_transformer.backend.compile_function`: on TensorFlow a `tf.function` with the fixed
+        signature `input_signature()` of dynamic shapes, so new batch sizes or lengths never
+        retrace; on JAX a stateless `jax.jit`, traced once per distinct input shape)."""
         functions, counts = self._compiled.functions, self._compiled.trace_counts
         if key not in functions:
             counts[key] = 0
 
             def counted(*args):
-                counts[key] += 1  # runs only while tracing
+                counts[key] += 1  # runs only while tracing (on TF and JAX)
                 return python_function(*args)
 
-            if keras.backend.backend() == "tensorflow":
-                import tensorflow as tf
-
-                functions[key] = tf.function(counted, input_signature=input_signature(), autograph=False)
-            else:
-                functions[key] = counted
+            functions[key] = backend.compile_function(counted, self, input_signature)
         return functions[key]
 
     # -- KV caches (models with `decoder_blocks`, `num_heads`, `d_model`) ---------------------
@@ -91,16 +97,21 @@ class TransformerModel(keras.Model):
 
     def _cache_signature(self):
         """`tf.TensorSpec`s of the caches: batch and cache length stay dynamic (no retracing)."""
-        import tensorflow as tf
-
         shape = (None, 2, self.num_heads, None, self.d_model // self.num_heads)
         dtype = self.decoder_blocks[0].compute_dtype
-        return tuple(tf.TensorSpec(shape, dtype) for _ in self.decoder_blocks)
+        return tuple(tensor_spec(shape, dtype) for _ in self.decoder_blocks)
 
     @property
     def generation_trace_counts(self):
         """How often each compiled generation function was traced (`{name: count}`)."""
         return dict(self._compiled.trace_counts)
+
+
+def tensor_spec(shape, dtype):
+    """A `tf.TensorSpec` for a TensorFlow signature (only ever called on the TensorFlow backend)."""
+    import tensorflow as tf
+
+    return tf.TensorSpec(shape, dtype)
 
 
 def check_common_args(vocab_size, d_model, num_heads, d_ff, dropout, max_length, positional, pad_id):
