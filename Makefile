@@ -27,11 +27,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[tensorflow,jax,tracing,export,examples,dev,bench]'
 	touch $(STAMP)
 
-# A venv per other backend: Keras + that backend + export + dev; no TensorFlow.
+# A venv per other backend: Keras + that backend + export + examples (plots) + dev; no TensorFlow.
 .venv-%/.installed: pyproject.toml
 	test -x .venv-$*/bin/python || $(PYTHON) -m venv .venv-$*
 	.venv-$*/bin/python -m pip install --quiet --upgrade pip
-	.venv-$*/bin/python -m pip install --quiet -e '.[$*,export,dev]'
+	.venv-$*/bin/python -m pip install --quiet -e '.[$*,export,examples,dev]'
 	touch $@
 
 venv: $(STAMP)
