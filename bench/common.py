@@ -11,7 +11,24 @@ import platform
 import statistics
 import time
 
+import sys
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _backend_from_command_line(argv):
+    """`--backend NAME` (or `--backend=NAME`) of `python -m bench ...`: applied here, before any
+    benchmark imports Keras, which reads KERAS_BACKEND once."""
+    for index, arg in enumerate(argv):
+        if arg == "--backend" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--backend="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+if _backend_from_command_line(sys.argv):
+    os.environ["KERAS_BACKEND"] = _backend_from_command_line(sys.argv)
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -86,15 +103,25 @@ def matmul_peak_flops(size=1024, repeats=10):
 
 def machine_info():
     """A short description of where the numbers were taken."""
+    import importlib.metadata
+
     import keras
-    import tensorflow as tf
+
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
 
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "keras_backend": keras.backend.backend(),
+        "tensorflow": version("tensorflow"),
+        "jax": version("jax"),
+        "torch": version("torch"),
         "keras": keras.__version__,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -239,8 +239,10 @@ def run(quick=False, implementations=IMPLEMENTATIONS, families=FAMILIES, jit_mod
     gc.collect()
     peak = max(peak, common.matmul_peak_flops())
 
-    log("Stack alone (forward + backward, no logits/loss/optimizer) ...")
-    stacks = stack_seconds(implementations, families, sizes, repeats=4 if quick else 15)
+    stacks = {}
+    if keras.backend.backend() == "tensorflow":  # the stack-alone timing is a tf.GradientTape step
+        log("Stack alone (forward + backward, no logits/loss/optimizer) ...")
+        stacks = stack_seconds(implementations, families, sizes, repeats=4 if quick else 15)
     stack_only = []
     for (implementation, family), (fastest, median) in stacks.items():
         peer_medians = [m for (i, f), (_, m) in stacks.items() if f == family and i != "ours"]
@@ -345,9 +347,15 @@ def main(argv=None):
     parser.add_argument("--only", choices=FAMILIES, help="measure one family only")
     parser.add_argument("--steps", type=int, help="timed steps per epoch (default 5, quick 3)")
     parser.add_argument("--rounds", type=int, help="timed rounds after one untimed round (default 7, quick 1)")
+    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
+                        help="Keras backend (set before Keras loads, by bench.common; default tensorflow). "
+                             "Ours and keras-hub run on the same backend; the stack-alone timing is TF only")
     args, _ = parser.parse_known_args(argv)
+    jit_modes = (False,) if args.no_jit else (False, True)
+    if keras.backend.backend() == "jax":
+        jit_modes = (True,)  # fit is always XLA-compiled on JAX; jit_compile=False would mean eager
     data = run(quick=args.quick, families=(args.only,) if args.only else FAMILIES,
-               jit_modes=(False,) if args.no_jit else (False, True), steps=args.steps,
+               jit_modes=jit_modes, steps=args.steps,
                rounds=args.rounds)
     report(data)
     return data

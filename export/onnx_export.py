@@ -78,10 +78,11 @@ def check_onnx(path):
 
 
 def validate_onnx(model, path, *, atol=None, rtol=None, precision=None, max_length=None, vocab_size=None,
-                  batch_sizes=(1, 3), input_signature=None, providers=("CPUExecutionProvider",)):
+                  batch_sizes=(1, 3), input_signature=None, providers=("CPUExecutionProvider",), reference=None):
     """Runs the ONNX file at `path` and `model` on the shape sweep and returns the `ValidationTable`.
 
     Call `.raise_if_failed()` on the result to turn a mismatch into an `ExportValidationError`.
+    `reference` is a `validate.keras_reference(model)` to reuse (its compiled forward), if any.
     """
     import onnxruntime
 
@@ -91,7 +92,7 @@ def validate_onnx(model, path, *, atol=None, rtol=None, precision=None, max_leng
     signature = model_signature(model, input_signature)
     session = onnxruntime.InferenceSession(os.fspath(path), providers=list(providers))
     cases = validate.model_sweep(model, signature.inputs, max_length, vocab_size, batch_sizes)
-    reference = validate.keras_reference(model, signature.output_names)
+    reference = reference or validate.keras_reference(model, signature.output_names)
     comparator = validate.comparator_for(_comparison_precision(model, precision), atol, rtol)
     return validate.compare(reference, session, cases, comparator)
 
@@ -114,7 +115,8 @@ def to_onnx(model, path, opset=None, *, method="auto", precision=None, validate=
         model: a Keras model (functional, or subclassed with `input_signature`).
         path: the `.onnx` file to write; weights go to `<path>.data` beside it when they reach
             `external_data_threshold` bytes (2 GiB by default).
-        opset: ONNX opset; default: the newest both tf2onnx and the installed onnxruntime support.
+        opset: ONNX opset; default: the newest the installed onnxruntime supports, capped by
+            tf2onnx's newest (tracing) or `tracing.NATIVE_MAX_OPSET` (native; the same, 18).
         method: "auto" (the native emitter `export.native` when present and it supports the
             model, else tracing), "native" or "tracing" (tf2onnx).
         precision: None/"fp32", "fp16" or "int8" (through `export.precision.convert`).
@@ -137,23 +139,28 @@ def to_onnx(model, path, opset=None, *, method="auto", precision=None, validate=
     Raises:
         FileExistsError: `path` exists and `overwrite` is False (raised before any work).
         ExportValidationError: validation failed; nothing was written.
+        ImportError: tracing was chosen (or the native emitter does not support the model) but
+            TensorFlow is not the Keras backend or tf2onnx is not installed (before any work).
     """
     from export import tracing
     from export.signatures import axis_names, model_limits, model_signature, output_axis_names
-    from export.validate import model_limits_max_length
+    from export.validate import keras_reference, model_limits_max_length
 
     _check_choice("method", method, METHODS)
     _check_choice("precision", precision, PRECISIONS)
     path = os.path.abspath(os.fspath(path))
     files.check_target(path, overwrite)
     timer = StepTimer(progress)
-    opset = opset or tracing.default_opset()
+    native = _native_module(method, model)
+    if native is None:
+        tracing.require_tracing()  # a clear error before any work when TensorFlow is missing
+    opset = opset or tracing.default_opset(traced=native is None)
     with timer.step("inspect"):
         signature = model_signature(model, input_signature)
         cap = model_limits_max_length(model, max_length)
-        output_axes = output_axis_names(model, signature, model_limits(model)[1])
+        reference = keras_reference(model, signature.output_names)  # one compiled forward for all runs
+        output_axes = output_axis_names(model, signature, model_limits(model)[1], forward=reference)
     with timer.step("convert"):
-        native = _native_module(method, model)
         if native is not None:
             model_proto, used = native.build(model, opset=opset), "native"
         else:
@@ -173,7 +180,7 @@ def to_onnx(model, path, opset=None, *, method="auto", precision=None, validate=
             with timer.step("validate"):
                 table = validate_onnx(model, staging[path], atol=atol, rtol=rtol, precision=precision,
                                       max_length=cap, vocab_size=vocab_size, batch_sizes=batch_sizes,
-                                      input_signature=input_signature)
+                                      input_signature=input_signature, reference=reference)
                 table.raise_if_failed("ONNX export")
         sizes = {os.path.join(os.path.dirname(path), os.path.basename(f)): os.path.getsize(f) for f in written}
     return ExportReport(

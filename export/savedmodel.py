@@ -53,7 +53,12 @@ def to_savedmodel(model, path, *, validate=True, atol=None, rtol=None, max_lengt
     Raises:
         FileExistsError: `path` exists and `overwrite` is False (raised before any work).
         ExportValidationError: validation failed; nothing was written.
+        ImportError: TensorFlow is not installed or not the Keras backend (before any work).
     """
+    from keras_transformer import backend
+
+    backend.require_tensorflow("SavedModel export (export.to_savedmodel)",
+                               "export.to_onnx(model, path), served with export.runtime.OnnxModel")
     import keras
 
     from export import validate as validation

@@ -204,8 +204,11 @@ def model_limits(model):
     return (min(vocab_sizes) if vocab_sizes else None, min(max_lengths) if max_lengths else None)
 
 
-def output_axis_names(model, signature, max_length=None):
+def output_axis_names(model, signature, max_length=None, forward=None):
     """`{output_name: [axis name or fixed size, ...]}`, found by running the model at two sizes.
+
+    `forward(feeds) -> {output_name: array}` runs the model (default: an eager call); pass the
+    compiled one a caller already has (`export.validate.keras_reference`).
 
     Every named input axis gets a distinct pair of sizes in two probe calls; an output dimension
     whose pair matches an input axis's pair inherits that axis's name, one that is equal in both
@@ -225,7 +228,10 @@ def output_axis_names(model, signature, max_length=None):
         for spec in signature.inputs:
             shape = [sizes[d][which] if isinstance(d, str) else d for d in inputs_axes[spec.name]]
             feeds[spec.name] = np.ones(shape, dtype=spec.dtype)
-        outputs = outputs_as_dict(call_model(model, feeds), signature.output_names)
+        if forward is None:
+            outputs = outputs_as_dict(call_model(model, feeds), signature.output_names)
+        else:
+            outputs = forward(feeds)
         probes.append({k: tuple(v.shape) for k, v in outputs.items()})
     by_pair = {pair: name for name, pair in sizes.items()}
     result = {}

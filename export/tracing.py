@@ -48,9 +48,32 @@ def max_runtime_opset():
     raise RuntimeError("The installed onnxruntime loads no ONNX opset >= 7.")
 
 
-def default_opset():
-    """The newest opset both tf2onnx and the installed onnxruntime support."""
-    return min(max_tracing_opset(), max_runtime_opset())
+# The newest opset the native emitter writes by default: tf2onnx 1.17's newest too, so both
+# paths write the same opset, and a native export never imports tf2onnx (hence TensorFlow).
+NATIVE_MAX_OPSET = 18
+
+
+def default_opset(traced=True):
+    """The newest opset the installed onnxruntime loads, capped by tf2onnx's newest when `traced`
+    (else by `NATIVE_MAX_OPSET`)."""
+    return min(max_tracing_opset() if traced else NATIVE_MAX_OPSET, max_runtime_opset())
+
+
+def require_tracing():
+    """Raise ImportError before any work when the tf2onnx path cannot run here: it traces a
+    `tf.function` of the model, so it needs TensorFlow as the Keras backend, and tf2onnx."""
+    import importlib.util
+
+    from keras_transformer import backend
+
+    alternative = ("export.to_onnx(model, path, method='native') for this package's models (no "
+                   "TensorFlow needed)")
+    backend.require_tensorflow("ONNX export by tracing (tf2onnx, method='tracing')", alternative)
+    if importlib.util.find_spec("tf2onnx") is None:
+        raise ImportError(
+            "ONNX export by tracing (method='tracing') needs the `tf2onnx` package, which is not "
+            f"installed. Install it with: {backend.install_command('tracing')}, or use {alternative}."
+        )
 
 
 def trace(model, signature, opset, large_model=False):

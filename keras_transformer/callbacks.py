@@ -1,5 +1,9 @@
 """Training callbacks: a crash-safe `BackupAndRestore`."""
 
+from keras_transformer import backend as _backend
+
+_backend.check_installed()  # before Keras: a missing backend gets the install command
+
 import json
 import os
 import re

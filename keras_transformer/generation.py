@@ -13,6 +13,10 @@ Example:
 >>> model.generate([[5, 6, 7], [8]], max_new_tokens=4, temperature=0.0)  # doctest: +SKIP
 """
 
+from keras_transformer import backend as _backend
+
+_backend.check_installed()  # before Keras: a missing backend gets the install command
+
 import numpy as np
 from keras import ops
 

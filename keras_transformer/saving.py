@@ -10,6 +10,10 @@ no Python bytecode in it is ever run.
 rename into place, so that a crash mid-write never leaves a partial file under the final name.
 """
 
+from keras_transformer import backend as _backend
+
+_backend.check_installed()  # before Keras: a missing backend gets the install command
+
 import contextlib
 import json
 import os

@@ -8,6 +8,10 @@ Example:
 ... )
 """
 
+from keras_transformer import backend as _backend
+
+_backend.check_installed()  # before Keras: a missing backend gets the install command
+
 import keras
 import numpy as np
 from keras import ops

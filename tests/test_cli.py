@@ -13,6 +13,8 @@ import pytest
 import _export_fixtures as fx
 from export import cli, tracing
 
+pytestmark = pytest.mark.tensorflow  # the CLI tests export by tf2onnx tracing and to SavedModel
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

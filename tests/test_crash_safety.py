@@ -23,6 +23,8 @@ from _workers import launch
 sys.path.insert(0, str(launch.WORKERS))
 import crash_train  # noqa: E402
 
+pytestmark = pytest.mark.tensorflow  # the workers train and export with the TensorFlow backend
+
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 STEPS_PER_EPOCH = 16 // crash_train.BATCH
 

@@ -17,6 +17,8 @@ import pytest
 
 from _workers import launch
 
+pytestmark = pytest.mark.tensorflow  # tf.distribute
+
 # A functional model made of our layers, and the three model classes.
 MODELS = ["layers_model", "decoder_only", "encoder_only", "encoder_decoder"]
 # Summation order differs between one device and an all-reduce over two: float32 round-off only.

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.tensorflow  # the examples run with the TensorFlow backend (tf.data, SavedModel)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES_DIR = os.path.join(ROOT, "examples")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

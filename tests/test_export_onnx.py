@@ -14,6 +14,8 @@ from export.signatures import call_model, outputs_as_dict
 from export.validate import ExportValidationError
 import _export_fixtures as fx
 
+pytestmark = pytest.mark.tensorflow  # the tf2onnx tracing path
+
 
 def _keras_outputs(model, feeds, names):
     return {k: np.asarray(v) for k, v in outputs_as_dict(call_model(model, feeds), names).items()}

@@ -4,13 +4,15 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import export
 from export import savedmodel
 from export.signatures import call_model, outputs_as_dict
 from export.validate import ExportValidationError
 import _export_fixtures as fx
+
+tf = pytest.importorskip("tensorflow")  # SavedModel export
+pytestmark = pytest.mark.tensorflow
 
 
 @pytest.fixture(scope="module")

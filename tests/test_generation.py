@@ -75,6 +75,7 @@ def test_right_padded_array_prompts_equal_list_prompts(gpt):
     )
 
 
+@pytest.mark.tensorflow  # one tf.function signature of dynamic shapes; JAX: tests/test_backends.py
 def test_step_functions_are_traced_once_per_model():
     model = language_model()
     model.generate(PROMPTS, max_new_tokens=3, temperature=0.0)

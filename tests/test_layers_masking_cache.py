@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from keras import ops
 
 import _layers_fixtures as ref
@@ -215,10 +214,13 @@ def test_cached_decoding_with_a_padding_mask_over_cache_positions():
     np.testing.assert_allclose(decoded[real], full[real], atol=1e-5)
 
 
+@pytest.mark.tensorflow
 def test_cached_decoding_inside_tf_function_with_dynamic_shapes():
     block = DecoderBlock(HEADS, 32)
     x, encoded = normal(2, 6, D_MODEL), normal(2, 5, D_MODEL)
     full = numpy(block(x, encoded))
+    import tensorflow as tf
+
     cache_spec = tf.TensorSpec((None, 2, HEADS, None, D_MODEL // HEADS), tf.float32)
 
     @tf.function(

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from keras import ops
 
 from keras_transformer.layers import (
@@ -68,8 +67,11 @@ def test_fit_lowers_the_loss(make):
     assert losses[-1] < 0.85 * losses[0]
 
 
+@pytest.mark.tensorflow  # gradients by tf.GradientTape; fit under mixed precision runs everywhere
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_forward_and_gradients_are_finite(policy):
+    import tensorflow as tf
+
     keras.config.set_dtype_policy(policy)
     model = _every_block_model()
     ids, targets = _copy_task(batch=4)

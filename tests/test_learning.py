@@ -6,7 +6,6 @@ Fixed seeds, tiny widths, tf.data pipelines and `steps_per_execution` keep each 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_transformer.models import DecoderOnlyTransformer, EncoderDecoderTransformer, EncoderOnlyTransformer
 from keras_transformer.training import (
@@ -15,6 +14,9 @@ from keras_transformer.training import (
     NoamSchedule,
     shift_right,
 )
+
+tf = pytest.importorskip("tensorflow")  # tf.data pipelines
+pytestmark = pytest.mark.tensorflow
 
 PAD, START, END, FIRST_DIGIT = 0, 1, 2, 3  # digits 0..9 are ids 3..12
 VOCAB = 13

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_transformer.models import DecoderOnlyTransformer
 from keras_transformer.training import (
@@ -111,7 +110,10 @@ def test_shift_right():
 # -- compile / fit with tf.data, and the saved compiled model -------------------------------------------
 
 
+@pytest.mark.tensorflow
 def test_fit_with_tf_data_reduces_the_loss_and_saves(tmp_path):
+    import tensorflow as tf
+
     rng = np.random.default_rng(0)
     starts = rng.integers(1, 10, (256, 1))
     sequences = (starts + np.arange(9)) % 10 + 1  # count upwards: a learnable next-token pattern

@@ -1,5 +1,9 @@
 """Transformer layers for Keras 3 ("Attention Is All You Need", Vaswani et al. 2017)."""
 
+from keras_transformer import backend as _backend
+
+_backend.check_installed()  # before Keras: a missing backend gets the install command
+
 from keras_transformer.layers.activations import gelu_approximate
 from keras_transformer.layers.cache import CacheSpec
 from keras_transformer.layers.decoder_block import DecoderBlock

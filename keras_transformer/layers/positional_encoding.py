@@ -89,7 +89,10 @@ class PositionalEncoding(keras.layers.Layer):
     def encoding(self, length, start_index=0):
         """The `(length, d)` encoding of positions `start_index .. start_index + length - 1`."""
         if self.mode == "learned":
-            return ops.slice(self.position_embeddings, (start_index, 0), (length, self._width))
+            # Slice the variable's value, not the variable: JAX refuses to turn a variable into
+            # an array while tracing (`__jax_array__` during abstractification).
+            table = self.position_embeddings.value
+            return ops.slice(table, (start_index, 0), (length, self._width))
         return sinusoidal_encoding(length, self._width, start_index, self.max_wavelength)
 
     def compute_output_shape(self, input_shape):

@@ -10,6 +10,7 @@ import types
 
 import keras
 
+from keras_transformer import backend
 from keras_transformer.layers._validation import check_choice, check_positive_int, check_rate
 from keras_transformer.layers.cache import CacheSpec
 
@@ -139,25 +140,30 @@ class TransformerModel(keras.Model):
         config["preset_name"] = name
         return cls(**config)
 
+    @staticmethod
+    def get_layout_map(device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch"):
+        """The `keras.distribution.LayoutMap` for `ModelParallel` (see
+        `keras_transformer.distribution.get_layout_map`, which documents the arguments)."""
+        from keras_transformer import distribution
+
+        return distribution.get_layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name)
+
     # -- compiled generation functions --------------------------------------------------------
 
     def _compiled_function(self, key, python_function, input_signature):
-        """`python_function` compiled once per model (a `tf.function` with a fixed signature of
-        dynamic shapes, so new batch sizes or lengths never retrace); plain on other backends."""
+        """`python_function` compiled once per model for the running backend (see
+        `keras_transformer.backend.compile_function`: on TensorFlow a `tf.function` with the fixed
+        signature `input_signature()` of dynamic shapes, so new batch sizes or lengths never
+        retrace; on JAX a stateless `jax.jit`, traced once per distinct input shape)."""
         functions, counts = self._compiled.functions, self._compiled.trace_counts
         if key not in functions:
             counts[key] = 0
 
             def counted(*args):
-                counts[key] += 1  # runs only while tracing
+                counts[key] += 1  # runs only while tracing (on TF and JAX)
                 return python_function(*args)
 
-            if keras.backend.backend() == "tensorflow":
-                import tensorflow as tf
-
-                functions[key] = tf.function(counted, input_signature=input_signature(), autograph=False)
-            else:
-                functions[key] = counted
+            functions[key] = backend.compile_function(counted, self, input_signature)
         return functions[key]
 
     # -- KV caches (models with `decoder_blocks`) ------------------------------------------------
@@ -179,10 +185,8 @@ class TransformerModel(keras.Model):
 
     def _cache_signature(self):
         """`tf.TensorSpec`s of the caches: batch and cache length stay dynamic (no retracing)."""
-        import tensorflow as tf
-
         spec = self.cache_spec
-        return tuple(tf.TensorSpec(spec.shape(None, None), spec.dtype) for _ in range(spec.num_layers))
+        return tuple(tensor_spec(spec.shape(None, None), spec.dtype) for _ in range(spec.num_layers))
 
     @property
     def generation_trace_counts(self):
@@ -225,6 +229,13 @@ def normalization_layer(normalization, epsilon, dtype, name):
     if normalization == "rms_norm":
         return keras.layers.RMSNormalization(epsilon=epsilon, dtype=dtype, name=name)
     return keras.layers.LayerNormalization(epsilon=epsilon, dtype=dtype, name=name)
+
+
+def tensor_spec(shape, dtype):
+    """A `tf.TensorSpec` for a TensorFlow signature (only ever called on the TensorFlow backend)."""
+    import tensorflow as tf
+
+    return tf.TensorSpec(shape, dtype)
 
 
 def check_common_args(vocab_size, d_model, num_heads, d_ff, dropout, max_length, positional, pad_id):

@@ -15,6 +15,7 @@ from keras_transformer.models._base import (
     reject_unknown_arguments,
     output_layer,
     serializable_dtype,
+    tensor_spec,
 )
 
 
@@ -177,15 +178,15 @@ class DecoderOnlyTransformer(TransformerModel):
         return self({"token_ids": token_ids}, training=False)[:, -1, :]
 
     def _steppers(self, use_cache):
-        import tensorflow as tf
+        def tokens():
+            return tensor_spec((None, None), "int32")
 
-        tokens = tf.TensorSpec((None, None), "int32")
         if not use_cache:
-            full = self._compiled_function("full_forward", self._last_logits_without_cache, lambda: [tokens])
+            full = self._compiled_function("full_forward", self._last_logits_without_cache, lambda: [tokens()])
             return generation.FullRecomputeStepper(full)
         step = self._compiled_function(
             "cached_step", self.call_with_cache,
-            lambda: [tokens, self._cache_signature(), tf.TensorSpec((), "int32")],
+            lambda: [tokens(), self._cache_signature(), tensor_spec((), "int32")],
         )
         return generation.CachedStepper(step, self.initial_cache)
 

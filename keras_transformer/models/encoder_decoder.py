@@ -21,6 +21,7 @@ from keras_transformer.models._base import (
     reject_unknown_arguments,
     output_layer,
     serializable_dtype,
+    tensor_spec,
 )
 
 
@@ -211,18 +212,18 @@ class EncoderDecoderTransformer(TransformerModel):
         return self(inputs, training=False)[:, -1, :]
 
     def _stepper(self, encoder_token_ids, use_cache):
-        import tensorflow as tf
+        def ids():
+            return tensor_spec((None, None), "int32")
 
-        ids = tf.TensorSpec((None, None), "int32")
         source = ops.convert_to_tensor(encoder_token_ids, "int32")
         if not use_cache:
-            full = self._compiled_function("full_forward", self._last_logits_without_cache, lambda: [ids, ids])
+            full = self._compiled_function("full_forward", self._last_logits_without_cache, lambda: [ids(), ids()])
             return generation.FullRecomputeStepper(full, extra=(source,))
-        encode = self._compiled_function("encode", self.encode, lambda: [ids])
+        encode = self._compiled_function("encode", self.encode, lambda: [ids()])
         step = self._compiled_function(
             "cached_step", self.call_with_cache,
-            lambda: [ids, self._cache_signature(), tf.TensorSpec((), "int32"),
-                     self._cache_signature(), tf.TensorSpec((None, None), "bool")],
+            lambda: [ids(), self._cache_signature(), tensor_spec((), "int32"),
+                     self._cache_signature(), tensor_spec((None, None), "bool")],
         )
         cross_caches, source_mask = encode(source)
         return generation.CachedStepper(step, self.initial_cache, extra=(cross_caches, source_mask))
