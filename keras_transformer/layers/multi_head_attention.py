@@ -273,7 +273,10 @@ class MultiHeadAttention(keras.layers.Layer):
             # the full logits (and its gradient); masked logits still end up at -1e9.
             bias = ops.where(mask, 0.0, _MASKED_LOGIT)
             logits = logits + ops.expand_dims(ops.cast(bias, "float32"), 1)
-        scores = ops.cast(ops.softmax(logits, axis=-1), queries.dtype)
+        # One key (static length 1): every probability is exactly 1 (masked logits are finite),
+        # and Keras warns about a softmax over a size-1 axis, so the ones are written directly.
+        single_key = logits.shape[-1] == 1
+        scores = ops.cast(ops.ones_like(logits) if single_key else ops.softmax(logits, axis=-1), queries.dtype)
         attended = ops.matmul(self.dropout_layer(scores, training=training), values)
         attended = ops.transpose(attended, (0, 2, 1, 3))
         attended = ops.reshape(
