@@ -53,7 +53,7 @@ def test_encoder_decoder_learns_to_reverse_digit_sequences():
     )
     compile_with_paper_recipe(model, 32, warmup_steps=200)
     inputs = {"encoder_token_ids": sources, "decoder_token_ids": shift_right(targets, START)}
-    model.fit(dataset(inputs, targets), epochs=3, verbose=0)
+    model.fit(dataset(inputs, targets), epochs=3, verbose=0, shuffle=False)
 
     held_out, expected = examples(200)
     greedy = model.generate(held_out, max_length=length + 1, start_id=START, end_id=END)
@@ -77,7 +77,7 @@ def test_decoder_only_learns_an_arithmetic_digit_pattern():
         positional="learned", norm_first=True, activation="gelu",
     )
     compile_with_paper_recipe(model, 32, warmup_steps=100)
-    model.fit(dataset({"token_ids": sequences[:, :-1]}, sequences[:, 1:]), epochs=2, verbose=0)
+    model.fit(dataset({"token_ids": sequences[:, :-1]}, sequences[:, 1:]), epochs=2, verbose=0, shuffle=False)
 
     held_out = examples(100)
     prompt_lengths = rng.integers(2, 5, len(held_out))  # the stride needs two digits
@@ -117,7 +117,7 @@ def test_encoder_only_classifier_learns_balanced_brackets():
         metrics=["accuracy"],
         steps_per_execution=25,
     )
-    model.fit(dataset({"token_ids": tokens}, labels), epochs=3, verbose=0)
+    model.fit(dataset({"token_ids": tokens}, labels), epochs=3, verbose=0, shuffle=False)
     held_out, expected = balanced_bracket_examples(rng, 1000)
     predicted = np.argmax(model.predict({"token_ids": held_out}, verbose=0), axis=-1)
     assert np.mean(predicted == expected) >= 0.85  # chance is 0.5
@@ -135,7 +135,7 @@ def test_encoder_decoder_learns_longer_reversal_with_the_paper_recipe():
     )
     compile_with_paper_recipe(model, 64, warmup_steps=400, scale=1.0)
     inputs = {"encoder_token_ids": sources, "decoder_token_ids": shift_right(targets, START)}
-    model.fit(dataset(inputs, targets), epochs=4, verbose=0)
+    model.fit(dataset(inputs, targets), epochs=4, verbose=0, shuffle=False)
     held_out = rng.integers(FIRST_DIGIT, VOCAB, (200, length)).astype("int32")
     beam = model.generate(held_out, max_length=length + 1, start_id=START, end_id=END, num_beams=4)
     assert np.mean(np.all(beam[:, :length] == held_out[:, ::-1], axis=1)) >= 0.95

@@ -362,7 +362,10 @@ class MultiHeadAttention(keras.layers.Layer):
             logits = logits + ops.expand_dims(ops.cast(bias, "float32"), 1)
         if attention_bias is not None:
             logits = logits + ops.cast(attention_bias, "float32")
-        scores = ops.cast(ops.softmax(logits, axis=-1), query.dtype)
+        # One key (static length 1): every probability is exactly 1 (masked logits are finite),
+        # and Keras warns about a softmax over a size-1 axis, so the ones are written directly.
+        single_key = logits.shape[-1] == 1
+        scores = ops.cast(ops.ones_like(logits) if single_key else ops.softmax(logits, axis=-1), query.dtype)
         attended = ops.matmul(self.dropout_layer(scores, training=training), value)
         return attended, scores
 
