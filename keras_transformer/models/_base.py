@@ -30,13 +30,33 @@ class TransformerModel(keras.Model):
         # so exporting a model never traces or saves them.
         self._compiled = types.SimpleNamespace(functions={}, trace_counts={})
 
-    def __call__(self, *args, **kwargs):
-        # A single-input model takes its one array as is (`model(ids)`, `fit(ids, labels)`):
-        # named here, Keras does not warn that the structure of `inputs` is not its dict.
+    def _named_inputs(self, inputs):
+        """A single-input model takes its one array as is (`model(ids)`, `fit(ids, labels)`):
+        named here, Keras does not warn that the structure of `inputs` is not its dict."""
         structure = getattr(self, "_inputs_struct", None)
-        if args and isinstance(structure, dict) and len(structure) == 1 and not isinstance(args[0], dict):
-            args = ({next(iter(structure)): args[0]}, *args[1:])
+        if isinstance(structure, dict) and len(structure) == 1 and not isinstance(inputs, dict):
+            return {next(iter(structure)): inputs}
+        return inputs
+
+    def __call__(self, *args, **kwargs):
+        if args:
+            args = (self._named_inputs(args[0]), *args[1:])
         return super().__call__(*args, **kwargs)
+
+    def call(self, inputs, *args, **kwargs):
+        # The JAX trainer calls `call` through `stateless_call`, not `__call__`.
+        return super().call(self._named_inputs(inputs), *args, **kwargs)
+
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """`keras.Model.quantize`, over the layers that can be quantized (the Dense, EinsumDense
+        and Embedding sub-layers; Keras would warn for each other layer). `filters` narrows it."""
+
+        def quantizable(layer):
+            if type(layer).quantize is keras.layers.Layer.quantize:
+                return False
+            return filters is None or keras.src.quantizers.utils.should_quantize_layer(layer, filters)
+
+        return super().quantize(mode, config=config, filters=quantizable, **kwargs)
 
     # -- config ------------------------------------------------------------------------------
 
