@@ -28,6 +28,7 @@ __all__ = [
     "assign_weights",
     "check",
     "detect",
+    "field",
     "read_hf_tensors",
     "read_keras_hub_weights",
     "unsupported",
@@ -50,6 +51,13 @@ class NotThisArchitecture(ValueError):
 def unsupported(path, field, value, reason):
     """A ValueError for a config field we cannot honour: names the file, field and value."""
     return ValueError(f"{path}: {field}={value!r} is not supported ({reason}).")
+
+
+def field(config, name, where="config.json"):
+    """`config[name]`, or a ValueError naming the missing field."""
+    if name not in config or config[name] is None:
+        raise ValueError(f"{where}: the required field {name!r} is missing.")
+    return config[name]
 
 
 def check(condition, message):
