@@ -27,16 +27,18 @@ listed in `_CONVERTER_MODULES` below. A module defines:
     HF_MODEL_TYPES = ("gpt2",)                  # Hugging Face `model_type`s it reads
     KERAS_HUB_CLASSES = ("GPT2Backbone",)       # keras-hub backbone class names it reads
 
-    def config_from_hf(hf_config: dict) -> dict
+    def config_from_hf(hf_config: dict, tensors: formats.SourceTensors) -> dict
         Our constructor kwargs from HF `config.json`. Unsupported settings: ValueError naming
-        the field (`formats.unsupported(...)`).
+        the field (`formats.unsupported(...)`). `tensors` is there for what only the weights
+        say (`name in tensors`, `tensors.shape(name)`: no data is read); reading a tensor
+        here does not count as placing it.
     def weights_from_hf(tensors: formats.SourceTensors, config: dict) -> iterable
         Yields `(our weight path, numpy array)` (paths as in `model.weights[i].path`, e.g.
         `"decoder_block_0/self_attention/query/kernel"`), reading `tensors[hf_name]` (a missing
         name raises the ValueError). A generator keeps peak memory at one tensor. Tensors that
         carry nothing (buffers such as GPT-2's `attn.bias`) are passed over with
         `tensors.ignore(regex)`; any other tensor left unread is an "unexpected tensor" error.
-    def config_from_keras_hub(backbone_config: dict) -> dict
+    def config_from_keras_hub(backbone_config: dict, tensors: formats.SourceTensors) -> dict
     def weights_from_keras_hub(tensors: formats.SourceTensors, config: dict) -> iterable
         The same for keras-hub presets; tensor names are `formats.read_keras_hub_weights`
         keys, e.g. `"transformer_layer_0/self_attention/query/0"` (layer names, variable index).
@@ -133,14 +135,19 @@ def load(path, model_class=None, **overrides):
     kind, source_config = formats.detect(path)
     if kind == formats.TRANSFORMERS:
         converter = converter_for(kind, source_config.get("model_type"), path)
-        config = converter.config_from_hf(source_config)
         tensors = formats.read_hf_tensors(path)
-        convert = converter.weights_from_hf
+        make_config, convert = converter.config_from_hf, converter.weights_from_hf
     else:
         converter = converter_for(kind, source_config.get("class_name"), path)
-        config = converter.config_from_keras_hub(source_config.get("config", {}))
         tensors = formats.read_keras_hub_weights(path)
-        convert = converter.weights_from_keras_hub
+        make_config, convert = converter.config_from_keras_hub, converter.weights_from_keras_hub
+        source_config = source_config.get("config", {})
+    with tensors:
+        return _load(path, converter, make_config, convert, source_config, tensors, model_class, overrides)
+
+
+def _load(path, converter, make_config, convert, source_config, tensors, model_class, overrides):
+    config = make_config(source_config, tensors)
     wanted = getattr(model_class, "__name__", model_class)
     if wanted is not None and wanted != converter.MODEL_CLASS:
         raise ValueError(
@@ -148,9 +155,8 @@ def load(path, model_class=None, **overrides):
             f"{converter.MODEL_CLASS}.from_preset(path)."
         )
     config.update(overrides)
-    with tensors:
-        model = _model_class(converter.MODEL_CLASS)(**config)
-        formats.assign_weights(model, convert(tensors, config), tensors)
+    model = _model_class(converter.MODEL_CLASS)(**config)
+    formats.assign_weights(model, convert(tensors, config), tensors)
     return model
 
 

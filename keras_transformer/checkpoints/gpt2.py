@@ -38,7 +38,7 @@ def _pad_id(hf_config, vocab_size):
     return 0
 
 
-def config_from_hf(hf_config):
+def config_from_hf(hf_config, tensors=None):
     where = "config.json"
     activation = hf_config.get("activation_function", "gelu_new")
     if activation not in _ACTIVATIONS:
@@ -101,7 +101,7 @@ def _reshape(tensors, name, shape):
     return array.reshape(shape)
 
 
-def config_from_keras_hub(config):
+def config_from_keras_hub(config, tensors=None):
     return _config(
         *(field(config, name) for name in ("vocabulary_size", "num_layers", "hidden_dim", "num_heads",
                                            "intermediate_dim", "max_sequence_length")),

@@ -229,14 +229,14 @@ def reject_unknown_arguments(model_class, kwargs):
 
 
 def block_options(positional, num_key_value_heads, use_bias, normalization, gated_feed_forward,
-                  rotary_max_wavelength, rotary_scaling_factor):
+                  rotary_max_wavelength, rotary_scaling_factor, qkv_bias=None):
     """The modern-decoder options every block of a model shares (rotary only when
     `positional="rotary"`)."""
     return dict(
         num_key_value_heads=num_key_value_heads, use_bias=use_bias, normalization=normalization,
         gated_feed_forward=gated_feed_forward,
         rotary_max_wavelength=rotary_max_wavelength if positional == "rotary" else None,
-        rotary_scaling_factor=rotary_scaling_factor,
+        rotary_scaling_factor=rotary_scaling_factor, qkv_bias=qkv_bias,
     )
 
 
