@@ -6,6 +6,7 @@ Each model is a *functional* `keras.Model` subclass: it builds its graph from ou
 """
 
 import inspect
+import os
 import types
 
 import keras
@@ -56,7 +57,8 @@ class TransformerModel(keras.Model):
                 return False
             return filters is None or keras.src.quantizers.utils.should_quantize_layer(layer, filters)
 
-        return super().quantize(mode, config=config, filters=quantizable, **kwargs)
+        super().quantize(mode, config=config, filters=quantizable, **kwargs)
+        self._forget_compiled_functions()  # compiled generation functions hold the old kernels
 
     # -- config ------------------------------------------------------------------------------
 
@@ -139,20 +141,34 @@ class TransformerModel(keras.Model):
             if getattr(layer, "bias", None) is not None:
                 layer.bias.trainable = False  # only the adapters train
         self._lora = {"rank": rank, "target_names": list(target_names), "lora_alpha": lora_alpha}
+        self._forget_compiled_functions()
+
+    def _forget_compiled_functions(self):
+        """Drop every compiled function: ones traced before LoRA or quantization changed the
+        projections would keep computing with the old kernels."""
         self.train_function = self.test_function = self.predict_function = None
+        self._compiled.functions.clear()
 
     @classmethod
     def from_preset(cls, name, **overrides):
-        """Build the architecture registered under preset `name` (no weights are downloaded).
+        """Build preset `name`, or load a local checkpoint directory.
 
         Args:
-            name: a name from `keras_transformer.presets.list()` for this model class.
-            **overrides: constructor arguments that replace the preset's (e.g. `vocab_size`,
-                `dropout`).
+            name: a name from `keras_transformer.presets.list()` for this model class (the
+                architecture only: nothing is downloaded), or the path of a local **keras-hub
+                preset directory** or **Hugging Face checkpoint directory** (format detected;
+                see `keras_transformer.checkpoints`).
+            **overrides: constructor arguments that replace the preset's or checkpoint's
+                (e.g. `dropout`, `dtype`).
 
         Returns:
-            A freshly initialised model whose `preset_name` attribute (and config) is `name`.
+            For a preset name, a freshly initialised model whose `preset_name` attribute (and
+            config) is `name`; for a directory, the model holding the checkpoint's weights.
         """
+        if isinstance(name, os.PathLike) or (isinstance(name, str) and (os.sep in name or os.path.isdir(name))):
+            from keras_transformer import checkpoints
+
+            return checkpoints.load(name, model_class=cls, **overrides)
         from keras_transformer import presets  # presets imports the models: import lazily
 
         config = presets.get_config(name, model_class=cls)
@@ -167,6 +183,22 @@ class TransformerModel(keras.Model):
         from keras_transformer import distribution
 
         return distribution.get_layout_map(device_mesh, model_parallel_dim_name, data_parallel_dim_name)
+
+    def save_to_preset(self, path):
+        """Write this model as a keras-hub preset directory (`config.json`, `model.weights.h5`)
+        that keras-hub's `Backbone.from_preset(path)` loads (GPT-2, Llama family, ...). Needs
+        keras-hub installed. Written atomically."""
+        from keras_transformer import checkpoints
+
+        checkpoints.save_to_preset(self, path)
+
+    def export_to_transformers(self, path, tokenizer=None):
+        """Write this model as a Hugging Face checkpoint directory (`config.json`,
+        `model.safetensors`, and `tokenizer.json` from a `tokenizers.Tokenizer`). Written
+        atomically."""
+        from keras_transformer import checkpoints
+
+        checkpoints.export_to_transformers(self, path, tokenizer=tokenizer)
 
     # -- compiled generation functions --------------------------------------------------------
 
@@ -228,14 +260,14 @@ def reject_unknown_arguments(model_class, kwargs):
 
 
 def block_options(positional, num_key_value_heads, use_bias, normalization, gated_feed_forward,
-                  rotary_max_wavelength, rotary_scaling_factor):
+                  rotary_max_wavelength, rotary_scaling_factor, qkv_bias=None):
     """The modern-decoder options every block of a model shares (rotary only when
     `positional="rotary"`)."""
     return dict(
         num_key_value_heads=num_key_value_heads, use_bias=use_bias, normalization=normalization,
         gated_feed_forward=gated_feed_forward,
         rotary_max_wavelength=rotary_max_wavelength if positional == "rotary" else None,
-        rotary_scaling_factor=rotary_scaling_factor,
+        rotary_scaling_factor=rotary_scaling_factor, qkv_bias=qkv_bias,
     )
 
 
