@@ -15,7 +15,8 @@ from keras_transformer import _registration
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "callbacks", "generation", "layers", "models", "presets", "saving", "search", "training", "visualize",
+    "callbacks", "checkpoints", "generation", "layers", "models", "presets", "saving", "search", "tokenizers",
+    "training", "visualize",
 )
 _MODEL_CLASSES = ("DecoderOnlyTransformer", "EncoderDecoderTransformer", "EncoderOnlyTransformer")
 
@@ -25,11 +26,13 @@ __all__ = [
     "EncoderOnlyTransformer",
     "__version__",
     "callbacks",
+    "checkpoints",
     "generation",
     "layers",
     "models",
     "presets",
     "saving",
+    "tokenizers",
     "training",
 ]
 

@@ -37,6 +37,7 @@ class TransformerBlockBase(keras.layers.Layer):
         gated_feed_forward=False,
         rotary_max_wavelength=None,
         rotary_scaling_factor=1.0,
+        qkv_bias=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -55,6 +56,7 @@ class TransformerBlockBase(keras.layers.Layer):
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.num_key_value_heads = check_key_value_heads(num_key_value_heads, self.num_heads)
         self.use_bias = bool(use_bias)
+        self.qkv_bias = None if qkv_bias is None else bool(qkv_bias)
         self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
         self.gated_feed_forward = bool(gated_feed_forward)
         self.rotary_max_wavelength = rotary_max_wavelength
@@ -77,7 +79,8 @@ class TransformerBlockBase(keras.layers.Layer):
             self.num_heads, dropout=self.attention_dropout, use_bias=self.use_bias,
             num_key_value_heads=self.num_key_value_heads,
             rotary_max_wavelength=self.rotary_max_wavelength if rotary else None,
-            rotary_scaling_factor=self.rotary_scaling_factor, dtype=self.dtype_policy, name=name,
+            rotary_scaling_factor=self.rotary_scaling_factor, qkv_bias=self.qkv_bias,
+            dtype=self.dtype_policy, name=name,
         )
 
     def _feed_forward(self, dropout=0.0):
@@ -153,5 +156,6 @@ class TransformerBlockBase(keras.layers.Layer):
             gated_feed_forward=self.gated_feed_forward,
             rotary_max_wavelength=self.rotary_max_wavelength,
             rotary_scaling_factor=self.rotary_scaling_factor,
+            qkv_bias=self.qkv_bias,
         )
         return config

@@ -64,6 +64,8 @@ class MultiHeadAttention(keras.layers.Layer):
         scale: multiplier of the logits; defaults to `1 / sqrt(head_dim)`.
         rotary_max_wavelength: None (no rotary positions) or the rotary base `theta`.
         rotary_scaling_factor: linear position interpolation of the rotary embedding.
+        qkv_bias: whether the query/key/value projections have biases; defaults to `use_bias`
+            (Qwen2: True with `use_bias=False`, so the output projection has none).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -113,6 +115,7 @@ class MultiHeadAttention(keras.layers.Layer):
         scale=None,
         rotary_max_wavelength=None,
         rotary_scaling_factor=1.0,
+        qkv_bias=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -120,6 +123,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.key_dim = check_positive_int("key_dim", key_dim, allow_none=True)
         self.dropout = check_rate("dropout", dropout)
         self.use_bias = bool(use_bias)
+        self.qkv_bias = self.use_bias if qkv_bias is None else bool(qkv_bias)
         self.num_key_value_heads = check_key_value_heads(num_key_value_heads, self.num_heads)
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0):
             raise ValueError(f"`scale` must be a positive number or None; received scale={scale!r}.")
@@ -171,7 +175,7 @@ class MultiHeadAttention(keras.layers.Layer):
     def _input_projection(self, name, fan_in, heads):
         layer = keras.layers.EinsumDense(
             "abc,cde->abde", output_shape=(None, heads, self.head_dim),
-            bias_axes="de" if self.use_bias else None,
+            bias_axes="de" if self.qkv_bias else None,
             kernel_initializer=_projection_initializer(fan_in, heads * self.head_dim),
             dtype=self.dtype_policy, name=name,
         )
@@ -204,7 +208,7 @@ class MultiHeadAttention(keras.layers.Layer):
         kernels = [ops.reshape(layer.kernel, (layer.kernel.shape[0], -1)) for layer in layers]
         kernel = kernels[0] if len(kernels) == 1 else ops.concatenate(kernels, axis=-1)
         y = ops.matmul(x, ops.cast(kernel, x.dtype))
-        if self.use_bias:
+        if self.qkv_bias:
             biases = [ops.reshape(layer.bias, (-1,)) for layer in layers]
             bias = biases[0] if len(biases) == 1 else ops.concatenate(biases, axis=-1)
             y = y + ops.cast(bias, x.dtype)
@@ -479,5 +483,6 @@ class MultiHeadAttention(keras.layers.Layer):
             scale=self.scale,
             rotary_max_wavelength=self.rotary_max_wavelength,
             rotary_scaling_factor=self.rotary_scaling_factor,
+            qkv_bias=self.qkv_bias,
         )
         return config

@@ -6,6 +6,7 @@ Each model is a *functional* `keras.Model` subclass: it builds its graph from ou
 """
 
 import inspect
+import os
 import types
 
 import keras
@@ -122,22 +123,46 @@ class TransformerModel(keras.Model):
 
     @classmethod
     def from_preset(cls, name, **overrides):
-        """Build the architecture registered under preset `name` (no weights are downloaded).
+        """Build preset `name`, or load a local checkpoint directory.
 
         Args:
-            name: a name from `keras_transformer.presets.list()` for this model class.
-            **overrides: constructor arguments that replace the preset's (e.g. `vocab_size`,
-                `dropout`).
+            name: a name from `keras_transformer.presets.list()` for this model class (the
+                architecture only: nothing is downloaded), or the path of a local **keras-hub
+                preset directory** or **Hugging Face checkpoint directory** (format detected;
+                see `keras_transformer.checkpoints`).
+            **overrides: constructor arguments that replace the preset's or checkpoint's
+                (e.g. `dropout`, `dtype`).
 
         Returns:
-            A freshly initialised model whose `preset_name` attribute (and config) is `name`.
+            For a preset name, a freshly initialised model whose `preset_name` attribute (and
+            config) is `name`; for a directory, the model holding the checkpoint's weights.
         """
+        if isinstance(name, os.PathLike) or (isinstance(name, str) and (os.sep in name or os.path.isdir(name))):
+            from keras_transformer import checkpoints
+
+            return checkpoints.load(name, model_class=cls, **overrides)
         from keras_transformer import presets  # presets imports the models: import lazily
 
         config = presets.get_config(name, model_class=cls)
         config.update(overrides)
         config["preset_name"] = name
         return cls(**config)
+
+    def save_to_preset(self, path):
+        """Write this model as a keras-hub preset directory (`config.json`, `model.weights.h5`)
+        that keras-hub's `Backbone.from_preset(path)` loads (GPT-2, Llama family, ...). Needs
+        keras-hub installed. Written atomically."""
+        from keras_transformer import checkpoints
+
+        checkpoints.save_to_preset(self, path)
+
+    def export_to_transformers(self, path, tokenizer=None):
+        """Write this model as a Hugging Face checkpoint directory (`config.json`,
+        `model.safetensors`, and `tokenizer.json` from a `tokenizers.Tokenizer`). Written
+        atomically."""
+        from keras_transformer import checkpoints
+
+        checkpoints.export_to_transformers(self, path, tokenizer=tokenizer)
 
     # -- compiled generation functions --------------------------------------------------------
 
@@ -204,14 +229,14 @@ def reject_unknown_arguments(model_class, kwargs):
 
 
 def block_options(positional, num_key_value_heads, use_bias, normalization, gated_feed_forward,
-                  rotary_max_wavelength, rotary_scaling_factor):
+                  rotary_max_wavelength, rotary_scaling_factor, qkv_bias=None):
     """The modern-decoder options every block of a model shares (rotary only when
     `positional="rotary"`)."""
     return dict(
         num_key_value_heads=num_key_value_heads, use_bias=use_bias, normalization=normalization,
         gated_feed_forward=gated_feed_forward,
         rotary_max_wavelength=rotary_max_wavelength if positional == "rotary" else None,
-        rotary_scaling_factor=rotary_scaling_factor,
+        rotary_scaling_factor=rotary_scaling_factor, qkv_bias=qkv_bias,
     )
 
 

@@ -54,6 +54,8 @@ class DecoderOnlyTransformer(TransformerModel):
         gated_feed_forward: gated feed-forward (`activation="silu"`: SwiGLU as in Llama).
         rotary_max_wavelength: rotary base `theta` when `positional="rotary"`.
         rotary_scaling_factor: linear position interpolation of the rotary embedding.
+        qkv_bias: whether the attention query/key/value projections have biases; None follows
+            `use_bias` (Qwen2: `use_bias=False, qkv_bias=True`).
         preset_name: set by `from_preset`; kept in the config for export metadata.
         dtype: dtype policy of every layer (e.g. `"mixed_float16"`); logits stay float32.
         name: model name.
@@ -90,6 +92,7 @@ class DecoderOnlyTransformer(TransformerModel):
         gated_feed_forward=False,
         rotary_max_wavelength=10000.0,
         rotary_scaling_factor=1.0,
+        qkv_bias=None,
         preset_name=None,
         dtype=None,
         name=None,
@@ -100,7 +103,8 @@ class DecoderOnlyTransformer(TransformerModel):
         check_common_args(vocab_size, d_model, num_heads, d_ff, dropout, max_length, positional, pad_id)
         check_positive_int("num_layers", num_layers)
         options = block_options(positional, num_key_value_heads, use_bias, normalization,
-                                gated_feed_forward, rotary_max_wavelength, rotary_scaling_factor)
+                                gated_feed_forward, rotary_max_wavelength, rotary_scaling_factor,
+                                qkv_bias=qkv_bias)
 
         # === Layers ===
         token_embedding = TokenAndPositionEmbedding(
@@ -149,7 +153,7 @@ class DecoderOnlyTransformer(TransformerModel):
             layer_norm_epsilon=layer_norm_epsilon,
             num_key_value_heads=num_key_value_heads, use_bias=use_bias, normalization=normalization,
             gated_feed_forward=gated_feed_forward, rotary_max_wavelength=rotary_max_wavelength,
-            rotary_scaling_factor=rotary_scaling_factor,
+            rotary_scaling_factor=rotary_scaling_factor, qkv_bias=qkv_bias,
             preset_name=preset_name, dtype=serializable_dtype(dtype),
         ))
 
