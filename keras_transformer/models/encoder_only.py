@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_transformer.layers import EncoderBlock, OutputBias, TokenAndPositionEmbedding, padding_mask
+from keras_transformer.layers import EncoderBlock, OutputBias, TokenAndPositionEmbedding, activations, padding_mask
 from keras_transformer.layers._validation import check_choice, check_positive_int, check_rate
 from keras_transformer.models._base import (
     TransformerModel,
@@ -192,7 +192,9 @@ class EncoderOnlyTransformer(TransformerModel):
             if pooled is not None:
                 outputs = {"hidden_states": outputs, "pooled_output": output_layer("pooled_output")(pooled)}
         elif head == "masked_lm":
-            x = keras.layers.Dense(d_model, activation=activation, dtype=dtype, name="mlm_transform")(x)
+            # the function, not the name: Keras's Dense does not know "gelu_approximate"
+            x = keras.layers.Dense(d_model, activation=activations.get(activation), dtype=dtype,
+                                   name="mlm_transform")(x)
             x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=dtype, name="mlm_norm")(x)
             x = token_embedding(x, reverse=True)
             if mlm_output_bias:
