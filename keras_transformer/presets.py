@@ -3,7 +3,7 @@
 Example:
 >>> from keras_transformer import presets
 >>> presets.list("DecoderOnlyTransformer")
-['gpt2_medium', 'gpt2_small', 'gpt_tiny', 'llama_tiny', 'smollm_135m']
+['gpt2_medium', 'gpt2_small', 'gpt_tiny', 'llama_tiny', 'qwen2_0_5b', 'smollm_135m']
 >>> model = DecoderOnlyTransformer.from_preset("gpt_tiny", dropout=0.0)
 >>> presets.count_parameters("gpt2_small")
 124439808
@@ -35,7 +35,7 @@ def _gpt2(num_layers, d_model, num_heads):
 
 
 def _llama(vocab_size, num_layers, d_model, num_heads, num_key_value_heads, d_ff, max_length,
-           rotary_max_wavelength=10000.0, tie_embeddings=False, layer_norm_epsilon=1e-5):
+           rotary_max_wavelength=10000.0, tie_embeddings=False, layer_norm_epsilon=1e-5, qkv_bias=None):
     """Llama/Mistral/Qwen2 shape: pre-RMSNorm, rotary, gated SiLU feed-forward, GQA, no biases."""
     return dict(
         vocab_size=vocab_size, num_layers=num_layers, d_model=d_model, num_heads=num_heads,
@@ -43,6 +43,7 @@ def _llama(vocab_size, num_layers, d_model, num_heads, num_key_value_heads, d_ff
         positional="rotary", rotary_max_wavelength=rotary_max_wavelength, norm_first=True,
         normalization="rms_norm", use_bias=False, gated_feed_forward=True, activation="silu",
         tie_embeddings=tie_embeddings, scale_embeddings=False, layer_norm_epsilon=layer_norm_epsilon,
+        qkv_bias=qkv_bias,
     )
 
 
@@ -101,11 +102,11 @@ PRESETS = {
         description="A 2-layer, width-32 encoder for tests and examples.",
     ),
     "gpt2_small": dict(model="DecoderOnlyTransformer", config=_gpt2(12, 768, 12),
-                       description="GPT-2 small: 12 layers, width 768, context 1024.",
-                       published_parameters=124_000_000),
+                       description="GPT-2 small (gpt2_base_en): 12 layers, width 768, context 1024.",
+                       published_parameters=124_439_808),  # the Hugging Face checkpoint's count
     "gpt2_medium": dict(model="DecoderOnlyTransformer", config=_gpt2(24, 1024, 16),
-                        description="GPT-2 medium: 24 layers, width 1024, context 1024.",
-                        published_parameters=355_000_000),
+                        description="GPT-2 medium (gpt2_medium_en): 24 layers, width 1024, context 1024.",
+                        published_parameters=354_823_168),  # the Hugging Face checkpoint's count
     "gpt_tiny": dict(
         model="DecoderOnlyTransformer",
         config=dict(vocab_size=64, num_layers=2, d_model=32, num_heads=2, d_ff=128, dropout=0.1,
@@ -124,6 +125,14 @@ PRESETS = {
         description="SmolLM-135M shape (Llama architecture): 30 layers, width 576, 9 query / 3 "
                     "key-value heads, tied embeddings, context 2048.",
         published_parameters=134_515_008,
+    ),
+    "qwen2_0_5b": dict(
+        model="DecoderOnlyTransformer",
+        config=_llama(151936, 24, 896, 14, 2, 4864, 32768, rotary_max_wavelength=1e6, tie_embeddings=True,
+                      layer_norm_epsilon=1e-6, qkv_bias=True),
+        description="Qwen2-0.5B shape: 24 layers, width 896, 14 query / 2 key-value heads, query/key/"
+                    "value biases, tied embeddings, rotary theta 1e6, context 32768.",
+        published_parameters=494_032_768,
     ),
 }
 

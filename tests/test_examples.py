@@ -31,6 +31,11 @@ EXPECTED = {
          "docstring_classifier.onnx"],
         ["Test accuracy", "100.0% of predictions identical to Keras"],
     ),
+    "fine_tune.py": (
+        ["pretrained_hf/config.json", "pretrained_hf/model.safetensors", "pretrained_hf/tokenizer.json",
+         "loss_curve.png", "fine_tuned.onnx", "generation/decoder_with_past.onnx"],
+        ["max |logit difference| 0.0e+00", "before -> after fine-tuning", "token for token identical to Keras"],
+    ),
     "custom_layer.py": (
         ["gated_classifier.keras", "training_curves.png", "gated_classifier.onnx"],
         ["the reloaded model gives the same logits", "max |onnxruntime - Keras|"],

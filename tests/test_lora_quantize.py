@@ -144,3 +144,22 @@ def test_subclass_overriding_compute_attention_is_traced_with_a_reason():
 def test_model_constructors_reject_unknown_arguments():
     with pytest.raises(ValueError, match=r"unknown argument\(s\) \['scale_embedding'\]"):
         DecoderOnlyTransformer(VOCAB, 1, 16, 2, 32, scale_embedding=False)
+
+
+@pytest.mark.parametrize("change", ["lora", "quantize"])
+def test_generation_after_lora_or_quantize_uses_the_new_projections(change):
+    """`generate` compiled before `enable_lora` / `quantize` is not reused afterwards (it would
+    keep computing with the old kernels)."""
+    model = _llama()
+    prompt = [[3, 4, 5]]
+    model.generate(prompt, max_new_tokens=4, temperature=0.0)  # compiles the cached step
+    if change == "lora":
+        model.enable_lora(2)
+        _randomize_lora(model)
+    else:
+        model.quantize("int8")
+    expected = model.generate(prompt, max_new_tokens=4, temperature=0.0, use_cache=False)
+    fresh = DecoderOnlyTransformer.from_config(model.get_config())
+    fresh.set_weights(model.get_weights())
+    np.testing.assert_array_equal(model.generate(prompt, max_new_tokens=4, temperature=0.0), expected)
+    np.testing.assert_array_equal(fresh.generate(prompt, max_new_tokens=4, temperature=0.0), expected)

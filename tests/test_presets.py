@@ -16,7 +16,8 @@ def test_list_has_the_issue_presets_and_filters_by_class():
     assert names == sorted(names)
     assert {"transformer_base", "transformer_big", "bert_tiny", "bert_mini", "bert_small", "bert_base",
             "gpt2_small", "gpt2_medium", "transformer_tiny", "encoder_tiny", "gpt_tiny"} <= set(names)
-    assert presets.list(DecoderOnlyTransformer) == ["gpt2_medium", "gpt2_small", "gpt_tiny", "llama_tiny", "smollm_135m"]
+    assert presets.list(DecoderOnlyTransformer) == [
+        "gpt2_medium", "gpt2_small", "gpt_tiny", "llama_tiny", "qwen2_0_5b", "smollm_135m"]
     assert presets.list("EncoderDecoderTransformer") == presets.list(EncoderDecoderTransformer)
     assert set(presets.list(EncoderOnlyTransformer)).isdisjoint(presets.list(DecoderOnlyTransformer))
 
@@ -63,6 +64,12 @@ def test_parameter_counts_match_the_published_figures(name, tolerance):
     assert published is not None
     count = presets.count_parameters(name)
     assert abs(count - published) / published <= tolerance, (name, count, published)
+
+
+@pytest.mark.parametrize("name", ["gpt2_small", "gpt2_medium", "smollm_135m", "qwen2_0_5b"])
+def test_checkpoint_shaped_presets_count_exactly_the_published_parameters(name):
+    """The sizes of the real checkpoints (GPT-2 small/medium, SmolLM-135M, Qwen2-0.5B) exactly."""
+    assert presets.count_parameters(name) == presets.published_parameters(name)
 
 
 def test_gpt2_small_count_equals_the_architecture_formula():

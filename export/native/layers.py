@@ -96,7 +96,11 @@ def emit_norm(g, layer, x):
 
 def emit_rms_norm(g, layer, x):
     """keras.layers.RMSNormalization: `x / sqrt(mean(x^2) + eps) * scale`, standard ops."""
-    mean_square = g.op("ReduceMean", g.op("Mul", x, x), axes=[-1], keepdims=1)  # opset 17: axes attribute
+    square = g.op("Mul", x, x)
+    if g.opset >= 18:  # opset 18 made the axes an input
+        mean_square = g.op("ReduceMean", square, g.constant([-1]), keepdims=1)
+    else:
+        mean_square = g.op("ReduceMean", square, axes=[-1], keepdims=1)
     rms = g.op("Sqrt", g.op("Add", mean_square, g.constant(float(layer.epsilon), "float32")))
     return g.op("Mul", g.op("Div", x, rms), g.weight("scale", _numpy(layer.scale)), name="RMSNorm")
 

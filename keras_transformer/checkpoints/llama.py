@@ -129,6 +129,10 @@ def weights_from_hf(tensors, config):
             yield f"{ours}feed_forward/{name}/kernel", _transposed(tensors, f"{h}mlp.{hf_name}.weight", shape)
     yield "final_norm/scale", tensors[f"{p}norm.weight"]
     if not config["tie_embeddings"]:
+        if "lm_head.weight" not in tensors:
+            raise ValueError(f"{tensors.path}: the checkpoint has no tensor 'lm_head.weight' (the output "
+                             "projection; config.json says tie_word_embeddings=false): a base model "
+                             "without its language-model head cannot be loaded as a language model.")
         yield "lm_head/kernel", _transposed(tensors, "lm_head.weight", (d, config["vocab_size"]))
     elif "lm_head.weight" in tensors:  # a tied head some writers save: it must be the embedding
         check(np.array_equal(tensors["lm_head.weight"], tensors[f"{p}embed_tokens.weight"]),

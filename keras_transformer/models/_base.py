@@ -119,7 +119,18 @@ class TransformerModel(keras.Model):
             if getattr(layer, "bias", None) is not None:
                 layer.bias.trainable = False  # only the adapters train
         self._lora = {"rank": rank, "target_names": list(target_names), "lora_alpha": lora_alpha}
+        self._forget_compiled_functions()
+
+    def quantize(self, *args, **kwargs):
+        """Keras's `Model.quantize`; compiled generation functions are rebuilt afterwards."""
+        super().quantize(*args, **kwargs)
+        self._forget_compiled_functions()
+
+    def _forget_compiled_functions(self):
+        """Drop every compiled function: ones traced before LoRA or quantization changed the
+        projections would keep computing with the old kernels."""
         self.train_function = self.test_function = self.predict_function = None
+        self._compiled.functions.clear()
 
     @classmethod
     def from_preset(cls, name, **overrides):
