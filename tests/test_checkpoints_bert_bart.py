@@ -344,3 +344,43 @@ def test_writers_refuse_models_that_are_not_bert_or_bart(tmp_path):
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
     assert {"bert", "bart"} <= set(checkpoints.supported_hf_model_types())
     assert {"BertBackbone", "BartBackbone"} <= set(checkpoints.supported_keras_hub_classes())
+
+
+# -- tokenizers -------------------------------------------------------------------------------------
+
+WORDPIECE = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "quick", "brown", "fox", "jump", "##s", "##ed",
+             "over", "lazy", "dog", ".", ",", "!", "a", "##b", "##c", "un", "##able", "'", "s", "?", "caf", "##e"]
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Unable, abc! fox's", "  jumped?? quickly  ", "Dog"]
+
+
+def test_bert_tokenizers_give_keras_hub_ids(tmp_path):
+    from keras_transformer import tokenizers
+
+    reference = keras_hub.models.BertTokenizer(vocabulary=WORDPIECE, lowercase=True)
+    reference.save_to_preset(str(tmp_path / "kh"))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "vocab.txt").write_text("\n".join(WORDPIECE) + "\n", encoding="utf-8")
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
+    for path in (tmp_path / "kh", tmp_path / "hf"):
+        tokenizer = tokenizers.from_preset(path)
+        for text in TEXTS:
+            assert tokenizer.encode(text, add_special_tokens=False).ids == np.asarray(reference(text)).tolist(), text
+    # a pair with specials: the token ids and segment ids of keras-hub's BERT preprocessor
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(reference, sequence_length=32)
+    packed = preprocessor(x=(np.array([TEXTS[0]]), np.array([TEXTS[1]])))
+    encoding = tokenizers.from_preset(tmp_path / "hf").encode(TEXTS[0], TEXTS[1])
+    length = len(encoding.ids)
+    assert encoding.ids == np.asarray(packed["token_ids"])[0, :length].tolist()
+    assert encoding.type_ids == np.asarray(packed["segment_ids"])[0, :length].tolist()
+    assert not np.asarray(packed["padding_mask"])[0, length:].any()
+
+
+def test_bad_bert_vocabularies_raise_clear_errors(tmp_path):
+    from keras_transformer import tokenizers
+
+    (tmp_path / "vocab.txt").write_text("[PAD]\nthe\nfox\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no unknown token; received unk_token='\\[UNK\\]'"):
+        tokenizers.from_preset(tmp_path)
+    (tmp_path / "vocab.txt").write_text("[UNK]\nthe\nfox\nthe\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"vocab.txt:4: token 'the' already has id 1"):
+        tokenizers.from_preset(tmp_path)
