@@ -172,7 +172,8 @@ def _writable(model, function):
         except formats.NotThisArchitecture as error:
             errors.append(f"{module.__name__.rsplit('.', 1)[-1]}: {error}")
     detail = "; ".join(errors) or "no converter writes this model class"
-    raise ValueError(f"This {type(model).__name__} has no {function.split('_from_')[0]} equivalent ({detail}).")
+    target = {"hf_from_model": "Hugging Face", "keras_hub_from_model": "keras-hub"}[function]
+    raise ValueError(f"This {type(model).__name__} has no {target} equivalent ({detail}).")
 
 
 def save_to_preset(model, path):

@@ -230,7 +230,7 @@ def _open_safetensors(file):
         ) from None
 
 
-def _check_safetensors_size(file, handle):
+def _check_safetensors_size(file):
     """safetensors checks the header; a truncated data section is caught here (the header's
     last offset must be the file's data length)."""
     with open(file, "rb") as raw:
@@ -259,7 +259,7 @@ def read_hf_tensors(path):
     found = {}
     for file in files:
         handle = _open_safetensors(file)
-        _check_safetensors_size(file, handle)
+        _check_safetensors_size(file)
         handles[file] = handle
         for name in handle.keys():
             if name in found:
@@ -328,10 +328,6 @@ def read_keras_hub_weights(path, filename=KERAS_HUB_WEIGHTS):
     except Exception as error:
         raise ValueError(f"{file}: not a readable Keras weights file (corrupt or truncated: "
                          f"{type(error).__name__}: {error}).") from None
-    duplicates = len(datasets) != len({id(d) for d in datasets.values()})
-    if duplicates:  # pragma: no cover - only for files Keras did not write
-        handle.close()
-        raise ValueError(f"{file}: layer names are not unique.")
     return _H5Tensors({name: file for name in datasets}, path, handle, datasets)
 
 

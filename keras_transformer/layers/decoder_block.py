@@ -26,7 +26,7 @@ class DecoderBlock(TransformerBlockBase):
         cross_attention: whether the block attends to an encoder output.
         attention_dropout: dropout on attention probabilities.
         num_key_value_heads, use_bias, normalization, gated_feed_forward,
-            rotary_max_wavelength, rotary_scaling_factor: as in `EncoderBlock` (Llama-shaped
+            rotary_max_wavelength, rotary_scaling_factor, qkv_bias: as in `EncoderBlock` (Llama-shaped
             blocks: `norm_first=True, normalization="rms_norm", use_bias=False,
             gated_feed_forward=True, activation="silu"`, rotary and fewer key/value heads).
             Rotary positions apply to the self-attention only.

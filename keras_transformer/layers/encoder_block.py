@@ -29,6 +29,8 @@ class EncoderBlock(TransformerBlockBase):
         gated_feed_forward: gated feed-forward (SwiGLU with `activation="silu"`).
         rotary_max_wavelength: None, or the rotary base of the self-attention's RoPE.
         rotary_scaling_factor: linear position interpolation of the RoPE.
+        qkv_bias: whether the attention query/key/value projections have biases; None follows
+            `use_bias` (Qwen2: `use_bias=False, qkv_bias=True`).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
