@@ -193,6 +193,8 @@ def model_limits(model):
     vocab_sizes, max_lengths = [], []
     layers = model._flatten_layers(include_self=True, recursive=True)
     for layer in layers:
+        if layer is getattr(model, "segment_embedding", None):
+            continue  # segment ids have their own range (`input_value_ranges`), not the vocabulary's
         size = getattr(layer, "input_dim", None) if type(layer).__name__ == "Embedding" else None
         size = size or getattr(layer, "vocab_size", None)
         if isinstance(size, int) and size > 0:

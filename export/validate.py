@@ -13,7 +13,8 @@ The API is small and reusable for any exported graph (tf2onnx, the native emitte
 - `build_sweep(...)` returns `SweepCase`s (`.name`, `.feeds`: dict of numpy arrays). Integer
   inputs get token ids in `[1, vocab_size)` with right padding by `pad_id` (0) in every row but
   the first of a batch; inputs whose name contains "mask" get the matching 1/0 padding mask; float
-  inputs get standard normal values. Sequence lengths are 1, a middle length and `max_length`;
+  inputs get standard normal values. `value_ranges` gives named integer inputs their own
+  `[low, high)` (e.g. BERT's `segment_ids`: `[0, 2)`; a model says so in `input_value_ranges`). Sequence lengths are 1, a middle length and `max_length`;
   inputs named `encoder*` / `decoder*` get different lengths so that a fixed cross-length fails.
 - `reference` and `candidate` are callables `feeds -> {output_name: array}` (or a list in
   `output_names` order); `candidate` may also be an `onnxruntime.InferenceSession`.
@@ -199,14 +200,15 @@ def _row_lengths(batch, length):
     return [length] + [max(1, length - (row * length) // batch - 1) for row in range(1, batch)]
 
 
-def _make_input(spec, batch, length, row_lengths, vocab_size, pad_id, rng):
+def _make_input(spec, batch, length, row_lengths, vocab_size, pad_id, rng, value_range=None):
     shape = [batch if i == 0 else (length if d is None else d) for i, d in enumerate(spec.shape)]
     dtype = np.dtype(spec.dtype)
     real = np.arange(shape[1])[None, :] < np.asarray(row_lengths)[:, None] if len(shape) >= 2 else None
     if "mask" in spec.name.lower() and len(shape) == 2:
         return real.astype(dtype)
     if np.issubdtype(dtype, np.integer):
-        ids = rng.integers(1, max(2, vocab_size), size=shape).astype(dtype)
+        low, high = value_range or (1, max(2, vocab_size))
+        ids = rng.integers(low, high, size=shape).astype(dtype)
         if len(shape) == 2:
             ids = np.where(real, ids, np.asarray(pad_id, dtype))
         return ids
@@ -216,7 +218,7 @@ def _make_input(spec, batch, length, row_lengths, vocab_size, pad_id, rng):
 
 
 def build_sweep(inputs, batch_sizes=(1, 3), max_length=DEFAULT_MAX_LENGTH, vocab_size=2, pad_id=0, seed=0,
-                lengths=None):
+                lengths=None, value_ranges=None):
     """Inputs for every (batch size, sequence length) combination; see the module docstring.
 
     Args:
@@ -227,6 +229,8 @@ def build_sweep(inputs, batch_sizes=(1, 3), max_length=DEFAULT_MAX_LENGTH, vocab
         pad_id: the id that right-pads shorter rows.
         seed: seed of the numpy generator.
         lengths: explicit sequence lengths; default `{1, middle, max_length}`.
+        value_ranges: `{input_name: (low, high)}`: integer inputs drawn from `[low, high)`
+            instead of `[1, vocab_size)`.
 
     Returns:
         A list of `SweepCase`. With separate `encoder*`/`decoder*` inputs the decoder length
@@ -247,7 +251,8 @@ def build_sweep(inputs, batch_sizes=(1, 3), max_length=DEFAULT_MAX_LENGTH, vocab
             for spec in inputs:
                 group_length = group_lengths[_axis_group(spec.name)]
                 rows = _row_lengths(batch, group_length)
-                feeds[spec.name] = _make_input(spec, batch, group_length, rows, vocab_size, pad_id, rng)
+                feeds[spec.name] = _make_input(spec, batch, group_length, rows, vocab_size, pad_id, rng,
+                                               (value_ranges or {}).get(spec.name))
             label = ",".join(f"{g}={n}" for g, n in group_lengths.items())
             cases.append(SweepCase(f"batch={batch},{label}", feeds))
     return cases
@@ -346,4 +351,5 @@ def model_sweep(model, inputs, max_length=None, vocab_size=None, batch_sizes=(1,
     return build_sweep(
         inputs, batch_sizes=batch_sizes, max_length=model_limits_max_length(model, max_length),
         vocab_size=vocab_size or model_limits(model)[0] or 2, seed=seed,
+        value_ranges=getattr(model, "input_value_ranges", None),
     )

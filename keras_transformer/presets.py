@@ -70,6 +70,16 @@ PRESETS = {
                     num_heads=2, d_ff=64, dropout=0.1),
         description="A 2+2-layer, width-32 encoder-decoder for tests and examples.",
     ),
+    "bart_base_en": dict(
+        model="EncoderDecoderTransformer",
+        config=dict(vocab_size=50265, num_encoder_layers=6, num_decoder_layers=6, d_model=768, num_heads=12,
+                    d_ff=3072, dropout=0.1, max_length=1024, positional="learned", activation="gelu",
+                    layer_norm_epsilon=1e-5, scale_embeddings=False, embedding_norm=True, share_positions=False,
+                    position_offset=2, pad_id=1),
+        description="BART base shape, Hugging Face facebook/bart-base's BartModel: 6+6 layers, width 768, "
+                    "per-stack learned positions (with BART's 2 offset rows), embedding LayerNorms.",
+        published_parameters=139_420_416,
+    ),
     "bert_tiny": dict(model="EncoderOnlyTransformer", config=_bert(2, 128, 2),
                       description="BERT-style encoder, 2 layers, width 128, 2 heads."),
     "bert_mini": dict(model="EncoderOnlyTransformer", config=_bert(4, 256, 4),
@@ -78,6 +88,13 @@ PRESETS = {
                        description="BERT-style encoder, 4 layers, width 512, 8 heads."),
     "bert_base": dict(model="EncoderOnlyTransformer", config=_bert(12, 768, 12),
                       description="BERT-style encoder, 12 layers, width 768, 12 heads."),
+    "bert_base_en_uncased": dict(
+        model="EncoderOnlyTransformer",
+        config=dict(_bert(12, 768, 12), num_segments=2, embedding_norm=True, pooler=True),
+        description="BERT base (uncased) shape, Hugging Face bert-base-uncased's BertModel: 12 layers, "
+                    "width 768, segment embeddings, embedding LayerNorm, tanh pooler.",
+        published_parameters=109_482_240,
+    ),
     "encoder_tiny": dict(
         model="EncoderOnlyTransformer",
         config=dict(vocab_size=64, num_layers=2, d_model=32, num_heads=2, d_ff=64, dropout=0.1,
@@ -182,7 +199,7 @@ def count_parameters(name, **overrides):
 
 
 def published_parameters(name):
-    """The published parameter count for `name` (paper / GPT-2 release), or None."""
+    """The published parameter count for `name` (paper, GPT-2 release, Hugging Face model), or None."""
     get_config(name)
     return PRESETS[name].get("published_parameters")
 

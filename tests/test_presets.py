@@ -79,6 +79,22 @@ def test_gpt2_small_count_equals_the_architecture_formula():
     assert presets.count_parameters("gpt2_small") == expected
 
 
+@pytest.mark.parametrize("name", ["bert_base_en_uncased", "bart_base_en"])
+def test_checkpoint_shaped_presets_have_exactly_the_published_count(name):
+    assert presets.count_parameters(name) == presets.published_parameters(name)
+
+
+def test_bert_and_bart_base_counts_equal_the_architecture_formulas():
+    d, ff = 768, 3072
+    attention, norm, ffn = 4 * (d * d + d), 2 * d, 2 * d * ff + ff + d
+    # tokens + 512 positions + 2 segments + embedding LN; 12 x (attention, FFN, 2 LNs); pooler
+    bert = 30522 * d + 512 * d + 2 * d + norm + 12 * (attention + ffn + 2 * norm) + d * d + d
+    assert presets.count_parameters("bert_base_en_uncased") == bert == 109_482_240
+    # shared tokens; per stack (1024 + 2) positions and an embedding LN; 6 encoder and 6 decoder layers
+    bart = 50265 * d + 2 * (1026 * d + norm) + 6 * (attention + ffn + 2 * norm) + 6 * (2 * attention + ffn + 3 * norm)
+    assert presets.count_parameters("bart_base_en") == bart == 139_420_416
+
+
 def test_count_parameters_allocates_nothing_that_a_later_scope_initialises():
     from keras.src.backend.common import global_state
 

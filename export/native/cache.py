@@ -24,9 +24,9 @@ from export.native.models import (
     check_attention,
     check_supported,
     emit_decoder_only_body,
-    emit_embedding,
     emit_encoder_stack,
     emit_lm_logits,
+    emit_stack_embedding,
     finish_stack,
     new_stream,
 )
@@ -125,7 +125,7 @@ def _build_decoder(model, opset, kind):
     past = _past_inputs(g, model, len(model.decoder_blocks))
     start = _past_length(g, past[0][0])
     positions = emit_positions(g, target, start)
-    stream = new_stream(g, emit_embedding(g, model.target_embedding, target, positions=positions), kind)
+    stream = new_stream(g, emit_stack_embedding(g, model.target_stack, target, positions), kind)
     self_masks = emit_attention_masks(g, kind, target, causal=True, past_length=start)
     cross_masks = emit_attention_masks(g, kind, target, g.op("Cast", source_mask, to=9))
     presents = [

@@ -162,14 +162,25 @@ def emit_token_and_position_embedding(g, layer, token_ids, positions):
     if layer.scale:
         x = g.op("Mul", x, g.constant(math.sqrt(layer.d_model), "float32"), name="scale")
     encoding = layer.position_encoding
-    if encoding is None:  # rotary models: positions enter in attention
+    if encoding is None:  # rotary models: positions enter in attention; BART: added per stack
         return x
+    return emit_add_positions(g, encoding, x, positions, layer.d_model)
+
+
+def emit_add_positions(g, encoding, x, positions, width):
+    """`x + PE(positions)` of a PositionalEncoding; a learned table is stored from row
+    `offset` on (the rows before position 0 are never read)."""
     if encoding.mode == "learned":
-        table = g.weight("position_embeddings", _numpy(encoding.position_embeddings))
+        table = g.weight("position_embeddings", _numpy(encoding.position_embeddings)[encoding.offset:])
         pe = g.op("Gather", table, positions, name="position_embedding")
     else:
-        pe = _emit_sinusoid(g, layer.d_model, encoding.max_wavelength, positions)
+        pe = _emit_sinusoid(g, width, encoding.max_wavelength, positions)
     return g.op("Add", x, pe, name="add_positions")
+
+
+def emit_output_bias(g, layer, x):
+    """OutputBias: `x + bias`."""
+    return g.op("Add", x, g.weight("bias", _numpy(layer.bias)), name="output_bias")
 
 
 def _emit_sinusoid(g, width, max_wavelength, positions):

@@ -20,10 +20,12 @@ from export.native.layers import (
     activation_name,
     emit_activation,
     emit_attention_masks,
+    emit_add_positions,
     emit_dense,
     emit_key_valid,
     emit_feed_forward,
     emit_norm,
+    emit_output_bias,
     emit_positions,
     emit_tied_logits,
     emit_token_and_position_embedding,
@@ -34,6 +36,7 @@ from export.native.registry import emitter_for, lookup, register
 from keras_transformer.layers import (
     FeedForward,
     MultiHeadAttention,
+    OutputBias,
     PositionalEncoding,
     RotaryEmbedding,
     TokenAndPositionEmbedding,
@@ -57,7 +60,8 @@ register(keras.layers.RMSNormalization)(emit_norm)
 register(keras.layers.Dense)(emit_dense)
 register(keras.layers.EinsumDense)(emit_projection)
 register(keras.layers.Embedding)(emit_embedding_lookup)
-register(PositionalEncoding)(emit_token_and_position_embedding)
+register(PositionalEncoding)(emit_add_positions)
+register(OutputBias)(emit_output_bias)
 register(RotaryEmbedding)(emit_attention)
 register(TokenAndPositionEmbedding)(emit_token_and_position_embedding)
 register(FeedForward)(emit_feed_forward)
@@ -126,6 +130,21 @@ def emit_embedding(g, layer, ids, start=None, positions=None):
         return emit_token_and_position_embedding(g, layer, ids, positions)
 
 
+def emit_stack_embedding(g, stack, ids, positions):
+    """One stack's embedding in EncoderDecoderTransformer (`model.source_stack` /
+    `model.target_stack`): tokens (+ shared positions) [+ the stack's own positions]
+    [-> embedding norm]; dropout is inactive at inference."""
+    token_layer, position, norm, _ = stack
+    x = emit_embedding(g, token_layer, ids, positions=positions)
+    if position is not None:
+        with g.scoped(position.name):
+            x = emit_add_positions(g, position, x, positions, token_layer.d_model)
+    if norm is not None:
+        with g.scoped(norm.name):
+            x = emit_norm(g, norm, x)
+    return x
+
+
 def finish_stack(stream, final_norm):
     """The stack's output: its final LayerNorm (pre-norm models) or the state as it is."""
     return stream.norm(final_norm, replace=True) if final_norm is not None else stream.value()
@@ -162,7 +181,7 @@ def emit_encoder_stack(g, model, ids, kind):
     """Encoder of EncoderDecoderTransformer: `(encoder_output, source_key_valid)`."""
     key_valid = emit_key_valid(g, ids, model.pad_id)
     positions = emit_positions(g, ids)
-    stream = new_stream(g, emit_embedding(g, model.token_embedding, ids, positions=positions), kind)
+    stream = new_stream(g, emit_stack_embedding(g, model.source_stack, ids, positions), kind)
     masks = emit_attention_masks(g, kind, ids, key_valid)
     for block in model.encoder_blocks:
         emit_encoder_block(g, block, stream, kind, masks, positions=positions)
@@ -181,7 +200,7 @@ def _encoder_decoder(g, model, kind):
     target = g.input("decoder_token_ids", "int32", ["batch", "decoder_sequence"])
     memory, key_valid = emit_encoder_stack(g, model, source, kind)
     positions = emit_positions(g, target)
-    stream = new_stream(g, emit_embedding(g, model.target_embedding, target, positions=positions), kind)
+    stream = new_stream(g, emit_stack_embedding(g, model.target_stack, target, positions), kind)
     self_masks = emit_attention_masks(g, kind, target, causal=True)
     cross_masks = emit_attention_masks(g, kind, target, key_valid)
     for block in model.decoder_blocks:
@@ -194,28 +213,47 @@ def _encoder_decoder(g, model, kind):
 def _encoder_only(g, model, kind):
     config = model.get_config()
     ids = g.input("token_ids", "int32", ["batch", "sequence"])
+    segments = g.input("segment_ids", "int32", ["batch", "sequence"]) if config["num_segments"] else None
     key_valid = emit_key_valid(g, ids, model.pad_id)
     positions = emit_positions(g, ids)
-    stream = new_stream(g, emit_embedding(g, model.token_embedding, ids, positions=positions), kind)
+    x = emit_embedding(g, model.token_embedding, ids, positions=positions)
+    if segments is not None:
+        with g.scoped(model.segment_embedding.name):
+            segment = emit_embedding_lookup(g, model.segment_embedding, segments, "segment_embedding")
+            x = g.op("Add", x, segment, name="add_segments")
+    if model.embedding_norm is not None:
+        with g.scoped(model.embedding_norm.name):
+            x = emit_norm(g, model.embedding_norm, x)
+    stream = new_stream(g, x, kind)
     masks = emit_attention_masks(g, kind, ids, key_valid)
     for block in model.encoder_blocks:
         emit_encoder_block(g, block, stream, kind, masks, positions=positions)
     x = finish_stack(stream, model.get_layer("final_norm") if config["norm_first"] else None)
     head = config["head"]
+    pooled = None
+    if config["pooler"]:
+        pooled = _dense_layer(g, model.get_layer("pooler"), g.op("Gather", x, g.constant(0), axis=1, name="cls"))
     if head is None:
         g.output(x, "hidden_states", "float32", ["batch", "sequence", config["d_model"]])
+        if pooled is not None:
+            g.output(pooled, "pooled_output", "float32", ["batch", config["d_model"]])
         return
     if head == "masked_lm":
         x = _dense_layer(g, model.get_layer("mlm_transform"), x)
         with g.scoped("mlm_norm"):
             x = emit_norm(g, model.get_layer("mlm_norm"), x)
         logits = emit_tied_logits(g, model.token_embedding, x)
+        if config["mlm_output_bias"]:
+            with g.scoped("mlm_output_bias"):
+                logits = emit_output_bias(g, model.get_layer("mlm_output_bias"), logits)
         g.output(logits, "logits", "float32", ["batch", "sequence", config["vocab_size"]])
         return
     shape = ["batch", "sequence", config["num_classes"]]
     if head == "classification":
         shape = ["batch", config["num_classes"]]
-        if config["pooling"] == "cls":
+        if pooled is not None:
+            x = pooled
+        elif config["pooling"] == "cls":
             x = g.op("Gather", x, g.constant(0), axis=1, name="cls_pooling")
         else:
             weights = g.op("Unsqueeze", g.op("Cast", key_valid, to=1), g.constant([-1]))

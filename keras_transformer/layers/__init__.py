@@ -11,6 +11,7 @@ from keras_transformer.layers.encoder_block import EncoderBlock
 from keras_transformer.layers.feed_forward import FeedForward
 from keras_transformer.layers.masks import causal_mask, keras_mask_of, merge_masks, padding_mask
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
+from keras_transformer.layers.output_bias import OutputBias
 from keras_transformer.layers.positional_encoding import PositionalEncoding, sinusoidal_encoding
 from keras_transformer.layers.rotary_embedding import RotaryEmbedding
 from keras_transformer.layers.token_and_position_embedding import TokenAndPositionEmbedding
@@ -21,6 +22,7 @@ __all__ = [
     "EncoderBlock",
     "FeedForward",
     "MultiHeadAttention",
+    "OutputBias",
     "PositionalEncoding",
     "RotaryEmbedding",
     "TokenAndPositionEmbedding",

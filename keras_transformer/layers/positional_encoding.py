@@ -26,6 +26,9 @@ class PositionalEncoding(keras.layers.Layer):
         mode: `"sinusoidal"` or `"learned"`.
         max_length: number of learned positions (required for `"learned"`, ignored otherwise).
         max_wavelength: the base of the sinusoid wavelengths (10000 in the paper).
+        offset: learned mode only: the table has `max_length + offset` rows and position `p`
+            reads row `p + offset` (BART: 2, Hugging Face `BartLearnedPositionalEmbedding`);
+            `max_length` positions stay usable.
         **kwargs: standard `keras.layers.Layer` arguments (name, dtype, ...).
 
     Call arguments:
@@ -42,7 +45,7 @@ class PositionalEncoding(keras.layers.Layer):
     (2, 10, 16)
     """
 
-    def __init__(self, mode="sinusoidal", max_length=None, max_wavelength=10000, **kwargs):
+    def __init__(self, mode="sinusoidal", max_length=None, max_wavelength=10000, offset=0, **kwargs):
         super().__init__(**kwargs)
         check_choice("mode", mode, ("sinusoidal", "learned"))
         check_positive_int("max_length", max_length, allow_none=mode == "sinusoidal")
@@ -50,9 +53,15 @@ class PositionalEncoding(keras.layers.Layer):
             raise ValueError(
                 f"`max_wavelength` must be a number > 1; received max_wavelength={max_wavelength!r}."
             )
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or (offset and mode != "learned"):
+            raise ValueError(
+                f"`offset` must be an integer >= 0, and 0 unless mode='learned'; received offset={offset!r} "
+                f"with mode={mode!r}."
+            )
         self.mode = mode
         self.max_length = max_length
         self.max_wavelength = max_wavelength
+        self.offset = offset
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -62,7 +71,7 @@ class PositionalEncoding(keras.layers.Layer):
         if self.mode == "learned":
             self.position_embeddings = self.add_weight(
                 name="position_embeddings",
-                shape=(self.max_length, width),
+                shape=(self.max_length + self.offset, width),
                 initializer=keras.initializers.RandomNormal(stddev=0.02),
             )
         self.built = True
@@ -92,7 +101,7 @@ class PositionalEncoding(keras.layers.Layer):
             # Slice the variable's value, not the variable: JAX refuses to turn a variable into
             # an array while tracing (`__jax_array__` during abstractification).
             table = self.position_embeddings.value
-            return ops.slice(table, (start_index, 0), (length, self._width))
+            return ops.slice(table, (start_index + self.offset, 0), (length, self._width))
         return sinusoidal_encoding(length, self._width, start_index, self.max_wavelength)
 
     def compute_output_shape(self, input_shape):
@@ -110,7 +119,8 @@ class PositionalEncoding(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            mode=self.mode, max_length=self.max_length, max_wavelength=self.max_wavelength
+            mode=self.mode, max_length=self.max_length, max_wavelength=self.max_wavelength,
+            offset=self.offset,
         )
         return config
 

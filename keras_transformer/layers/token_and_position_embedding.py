@@ -27,6 +27,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         positional: `"sinusoidal"`, `"learned"`, or `"none"` (no position added: rotary models
             rotate queries and keys inside attention instead).
         scale: multiply token embeddings by `sqrt(d_model)`.
+        position_offset: learned positions only: rows of the position table before position 0
+            (BART: 2); see `PositionalEncoding(offset=...)`.
         mask_zero: produce a Keras mask that is False where the token id is 0.
         dropout: dropout rate applied to the sum.
         **kwargs: standard `keras.layers.Layer` arguments.
@@ -53,6 +55,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         scale=True,
         mask_zero=False,
         dropout=0.0,
+        position_offset=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -67,6 +70,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         self.scale = bool(scale)
         self.mask_zero = bool(mask_zero)
         self.dropout = check_rate("dropout", dropout)
+        self.position_offset = position_offset
         self.supports_masking = True
         # Sub-layers exist from construction (so `token_embedding` can be reached, e.g. to share
         # it, before the first call); `build` creates their weights.
@@ -82,6 +86,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             self.position_encoding = PositionalEncoding(
                 mode=self.positional,
                 max_length=self.max_length,
+                offset=position_offset,
                 dtype=self.dtype_policy,
                 name="position_encoding",
             )
@@ -142,5 +147,6 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             scale=self.scale,
             mask_zero=self.mask_zero,
             dropout=self.dropout,
+            position_offset=self.position_offset,
         )
         return config

@@ -8,6 +8,7 @@ from keras_transformer import generation
 from keras_transformer.layers import (
     DecoderBlock,
     EncoderBlock,
+    PositionalEncoding,
     TokenAndPositionEmbedding,
     padding_mask,
 )
@@ -29,11 +30,19 @@ from keras_transformer.models._base import (
 class EncoderDecoderTransformer(TransformerModel):
     """Source ids + shifted target ids -> target logits (Vaswani et al. 2017, figure 1).
 
-    Graph: `token_embedding` -> `encoder_block_0..N-1` (padding mask from `pad_id`) ->
+    Graph: `token_embedding` [-> `encoder_position_encoding`] [-> `encoder_embedding_norm` ->
+    `encoder_embedding_dropout`] -> `encoder_block_0..N-1` (padding mask from `pad_id`) ->
     [`encoder_final_norm`]; target ids -> `token_embedding` (or `decoder_token_embedding` when
-    the target vocabulary differs) -> `decoder_block_0..N-1` (causal self-attention,
+    the target vocabulary differs) [-> `decoder_position_encoding`] [-> `decoder_embedding_norm`
+    -> `decoder_embedding_dropout`] -> `decoder_block_0..N-1` (causal self-attention,
     cross-attention over the encoder output) -> [`decoder_final_norm`] -> projection ->
-    `logits` (float32). The bracketed norms exist only with `norm_first=True`.
+    `logits` (float32). The final norms exist only with `norm_first=True`, the per-stack
+    position tables with `share_positions=False`, the embedding norms with `embedding_norm`.
+
+    BART (Lewis et al. 2020) is `positional="learned"`, `share_positions=False`,
+    `position_offset=2` (Hugging Face's tables; keras-hub's `BartBackbone` drops the two rows:
+    0), `embedding_norm=True`, `scale_embeddings=False`, `activation="gelu"`, post-norm,
+    `layer_norm_epsilon=1e-5`.
 
     With one shared vocabulary (`target_vocab_size=None`) the source embedding, the target
     embedding and, when `tie_embeddings`, the pre-softmax projection share one matrix (paper
@@ -54,6 +63,13 @@ class EncoderDecoderTransformer(TransformerModel):
         tie_embeddings: project to logits with the (target) embedding matrix.
         pad_id: padding token id of source (and target) sequences.
         layer_norm_epsilon: LayerNorm epsilon.
+        scale_embeddings: multiply token embeddings by sqrt(d_model) (the paper; BART: False).
+        embedding_norm: a LayerNorm per stack on the embeddings (token + position), before the
+            embedding dropout (BART's `layernorm_embedding`).
+        share_positions: one learned position table for both stacks (False: each stack has its
+            own, `encoder_position_encoding` / `decoder_position_encoding`, as in BART); only
+            `positional="learned"` can have separate tables.
+        position_offset: rows of each learned position table before position 0 (BART: 2).
         num_key_value_heads, use_bias, normalization, gated_feed_forward,
             rotary_max_wavelength, rotary_scaling_factor: the modern-decoder options, as in
             `DecoderOnlyTransformer`.
@@ -93,6 +109,10 @@ class EncoderDecoderTransformer(TransformerModel):
         gated_feed_forward=False,
         rotary_max_wavelength=10000.0,
         rotary_scaling_factor=1.0,
+        scale_embeddings=True,
+        embedding_norm=False,
+        share_positions=True,
+        position_offset=0,
         preset_name=None,
         dtype=None,
         name=None,
@@ -105,17 +125,40 @@ class EncoderDecoderTransformer(TransformerModel):
         check_positive_int("num_decoder_layers", num_decoder_layers)
         check_positive_int("target_vocab_size", target_vocab_size, allow_none=True)
         output_vocab = target_vocab_size or vocab_size
+        if not share_positions and positional != "learned":
+            raise ValueError(
+                f"Separate position tables per stack need positional='learned'; received "
+                f"share_positions={share_positions!r} with positional={positional!r}."
+            )
 
         options = block_options(positional, num_key_value_heads, use_bias, normalization,
                                 gated_feed_forward, rotary_max_wavelength, rotary_scaling_factor)
 
         # === Layers ===
+        # With separate position tables or embedding norms the embedding dropout moves after
+        # them (a Dropout per stack) and TokenAndPositionEmbedding looks tokens up only.
+        plain_embedding = share_positions and not embedding_norm
+
         def embedding(size, layer_name):
             return TokenAndPositionEmbedding(
-                size, d_model, max_length=max_length, positional=embedding_positional(positional),
-                dropout=dropout,
-                dtype=dtype, name=layer_name,
+                size, d_model, max_length=max_length,
+                positional=embedding_positional(positional) if share_positions else "none",
+                scale=scale_embeddings, dropout=dropout if plain_embedding else 0.0,
+                position_offset=position_offset, dtype=dtype, name=layer_name,
             )
+
+        def stack_layers(stack, token_layer):
+            """`(token embedding, position table, embedding norm, dropout)` of one stack."""
+            if plain_embedding:
+                return (token_layer, None, None, None)
+            position = None if share_positions else PositionalEncoding(
+                "learned", max_length=max_length, offset=position_offset, dtype=dtype,
+                name=f"{stack}_position_encoding",
+            )
+            norm = normalization_layer(normalization, layer_norm_epsilon, dtype,
+                                       f"{stack}_embedding_norm") if embedding_norm else None
+            drop = keras.layers.Dropout(dropout, dtype=dtype, name=f"{stack}_embedding_dropout")
+            return (token_layer, position, norm, drop)
 
         def block_args():
             return dict(dropout=dropout, activation=activation, norm_first=norm_first,
@@ -129,6 +172,8 @@ class EncoderDecoderTransformer(TransformerModel):
         source_embedding = embedding(vocab_size, "token_embedding")
         shared_vocabulary = output_vocab == vocab_size
         target_embedding = source_embedding if shared_vocabulary else embedding(output_vocab, "decoder_token_embedding")
+        source_stack = stack_layers("encoder", source_embedding)
+        target_stack = stack_layers("decoder", target_embedding)
         encoder_blocks = [EncoderBlock(num_heads, d_ff, name=f"encoder_block_{i}", **block_args())
                           for i in range(num_encoder_layers)]
         decoder_blocks = [DecoderBlock(num_heads, d_ff, name=f"decoder_block_{i}", **block_args())
@@ -142,11 +187,11 @@ class EncoderDecoderTransformer(TransformerModel):
         encoder_ids = keras.Input(shape=(None,), dtype="int32", name="encoder_token_ids")
         decoder_ids = keras.Input(shape=(None,), dtype="int32", name="decoder_token_ids")
         source_mask = padding_mask(encoder_ids, pad_id)
-        x = source_embedding(encoder_ids)
+        x = _embed(source_stack, encoder_ids)
         for block in encoder_blocks:
             x = block(x, padding_mask=source_mask)
         encoder_outputs = encoder_norm(x) if encoder_norm is not None else x
-        y = target_embedding(decoder_ids)
+        y = _embed(target_stack, decoder_ids)
         for block in decoder_blocks:
             y = block(y, encoder_outputs, encoder_padding_mask=source_mask, use_causal_mask=True)
         if decoder_norm is not None:
@@ -160,6 +205,7 @@ class EncoderDecoderTransformer(TransformerModel):
 
         # === Config ===
         self.token_embedding, self.target_embedding = source_embedding, target_embedding
+        self.source_stack, self.target_stack = source_stack, target_stack
         self.encoder_blocks, self.decoder_blocks = encoder_blocks, decoder_blocks
         self.encoder_final_norm, self.decoder_final_norm, self.lm_head = encoder_norm, decoder_norm, lm_head
         self.vocab_size, self.target_vocab_size, self.d_model = vocab_size, output_vocab, d_model
@@ -174,6 +220,8 @@ class EncoderDecoderTransformer(TransformerModel):
             num_key_value_heads=num_key_value_heads, use_bias=use_bias, normalization=normalization,
             gated_feed_forward=gated_feed_forward, rotary_max_wavelength=rotary_max_wavelength,
             rotary_scaling_factor=rotary_scaling_factor,
+            scale_embeddings=scale_embeddings, embedding_norm=embedding_norm,
+            share_positions=share_positions, position_offset=position_offset,
             preset_name=preset_name,
             dtype=serializable_dtype(dtype),
         ))
@@ -184,7 +232,7 @@ class EncoderDecoderTransformer(TransformerModel):
         """Encode once for decoding: returns `(cross_attention_caches, source_padding_mask)`,
         one precomputed cross-attention K/V cache per decoder block."""
         source_mask = padding_mask(encoder_token_ids, self.pad_id)
-        x = self.token_embedding(encoder_token_ids, training=False)
+        x = _embed(self.source_stack, encoder_token_ids, training=False)
         for block in self.encoder_blocks:
             x = block(x, padding_mask=source_mask, training=False)
         if self.encoder_final_norm is not None:
@@ -195,7 +243,7 @@ class EncoderDecoderTransformer(TransformerModel):
     def call_with_cache(self, token_ids, caches, cache_index, cross_caches, source_mask):
         """Decode `token_ids` at positions `cache_index ..`; returns the float32 logits of the
         last position `(batch, target_vocab)` and the updated self-attention caches."""
-        y = self.target_embedding(token_ids, start_index=cache_index, training=False)
+        y = _embed(self.target_stack, token_ids, start_index=cache_index, training=False)
         new_caches = []
         for block, cache, cross in zip(self.decoder_blocks, caches, cross_caches):
             y, cache = block(y, encoder_padding_mask=source_mask, use_causal_mask=True, cache=cache,
@@ -280,3 +328,17 @@ class EncoderDecoderTransformer(TransformerModel):
                 suppress=suppress, return_lengths=True,
             )
         return generation.generation_results(tokens, lengths, single, return_lengths)
+
+
+def _embed(stack, token_ids, start_index=0, training=None):
+    """One stack's embedding of `token_ids` at positions `start_index ..`: tokens (+ the shared
+    positions) [+ the stack's own positions] [-> embedding norm] [-> dropout]."""
+    token_layer, position, norm, dropout = stack
+    x = token_layer(token_ids, start_index=start_index, training=training)
+    if position is not None:
+        x = position(x, start_index=start_index)
+    if norm is not None:
+        x = norm(x)
+    if dropout is not None:
+        x = dropout(x, training=training)
+    return x
