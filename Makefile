@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing into $(VENV) (TensorFlow and friends: a few minutes the first time) ..."
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --progress-bar on -e '.[tensorflow,jax,tracing,export,examples,dev,bench]'
+	$(PY) -m pip install --progress-bar on -e '.[tensorflow,jax,tracing,export,deploy,examples,dev,bench]'
 	touch $(STAMP)
 
 # A venv per other backend: Keras + that backend + export + examples (plots) + dev; no TensorFlow.

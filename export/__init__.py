@@ -16,6 +16,8 @@ _LAZY = {
     "validate_onnx": "export.onnx_export",
     "load_metadata": "export.onnx_export",
     "to_savedmodel": "export.savedmodel",
+    "to_genai": "export.deploy",
+    "to_optimum": "export.deploy",
     "ExportReport": "export.report",
     "ExportValidationError": "export.validate",
     "OnnxModel": "export.runtime",

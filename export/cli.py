@@ -20,15 +20,23 @@ def build_parser():
         epilog="Exit codes: 0 success, 1 export or validation failed, 2 bad arguments or input.",
     )
     parser.add_argument("model", help="the .keras file to export, as written by model.save (loaded with safe_mode=True; not a SavedModel or .onnx)")
-    parser.add_argument("--to", choices=("onnx", "savedmodel", "all"), default="onnx",
-                        help="what to write: OUT/model.onnx, OUT/saved_model/, or both (default: onnx)")
+    parser.add_argument("--to", choices=("onnx", "savedmodel", "genai", "all"), default="onnx",
+                        help="what to write: OUT/model.onnx, OUT/saved_model/, OUT/genai/ (a folder that "
+                             "onnxruntime-genai and optimum load; decoder-only models), or onnx + savedmodel "
+                             "(all; default: onnx)")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--opset", type=int, default=None,
                         help="ONNX opset (default: newest supported by both tf2onnx and onnxruntime)")
     parser.add_argument("--method", choices=("auto", "native", "tracing"), default="auto",
                         help="ONNX path: native emitter when it supports the model (auto), or tf2onnx")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                        help="ONNX weight precision (default fp32)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default="fp32",
+                        help="ONNX weight precision (default fp32); int4: blockwise 4-bit MatMulNBits weights")
+    parser.add_argument("--min-top1", type=float, default=None,
+                        help="top-1 agreement with float32 that an int8/int4 export must reach "
+                             "(default 0.99 int8, 0.95 int4)")
+    parser.add_argument("--block-size", type=int, default=32, help="int4 block size (a power of two >= 16)")
+    parser.add_argument("--tokenizer", default=None, help="genai: a tokenizer.json to copy into the folder")
+    parser.add_argument("--end-id", type=int, default=None, help="genai: the end-of-sequence token id")
     parser.add_argument("--atol", type=float, default=None, help="absolute tolerance (fp32 default 1e-4)")
     parser.add_argument("--rtol", type=float, default=None, help="relative tolerance (fp32 default 1e-4)")
     parser.add_argument("--max-length", type=int, default=None,
@@ -81,7 +89,8 @@ def main(argv=None):
     problem = _input_problem(args.model)
     if problem:
         return _fail(error_console, EXIT_USAGE, problem)
-    targets = {"onnx": os.path.join(args.out, "model.onnx"), "savedmodel": os.path.join(args.out, "saved_model")}
+    targets = {"onnx": os.path.join(args.out, "model.onnx"), "savedmodel": os.path.join(args.out, "saved_model"),
+               "genai": os.path.join(args.out, "genai")}
     formats = ["onnx", "savedmodel"] if args.to == "all" else [args.to]
     for fmt in formats:
         if os.path.lexists(targets[fmt]) and not args.overwrite:
@@ -101,12 +110,22 @@ def main(argv=None):
         for fmt in formats:
             progress = (lambda step, fmt=fmt: status.update(f"{fmt}: {step}"))
             try:
+                precision = None if args.precision == "fp32" else args.precision
                 if fmt == "onnx":
                     from export.onnx_export import to_onnx
 
-                    precision = None if args.precision == "fp32" else args.precision
                     report = to_onnx(model, targets[fmt], args.opset, method=args.method, precision=precision,
-                                     progress=progress, **common)
+                                     min_top1=args.min_top1, block_size=args.block_size, progress=progress,
+                                     **common)
+                elif fmt == "genai":
+                    from export.deploy import to_genai
+
+                    status.update("genai: export and validation")
+                    written = to_genai(model, targets[fmt], tokenizer=args.tokenizer, precision=precision,
+                                       end_id=args.end_id, max_length=args.max_length, opset=args.opset,
+                                       validate=args.validate, min_top1=args.min_top1, atol=args.atol,
+                                       rtol=args.rtol, block_size=args.block_size, overwrite=args.overwrite)
+                    report = f"genai: wrote {targets[fmt]} ({', '.join(os.path.basename(p) for p in written)})"
                 else:
                     from export.savedmodel import to_savedmodel
 

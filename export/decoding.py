@@ -33,6 +33,7 @@ from keras_transformer import search  # numpy only: loads no Keras/TensorFlow
 GENERATION_METADATA_KEY = "keras_transformer.generation"
 _PRECISION_KEY = "keras_transformer.precision"  # written by export.precision
 _DECODER_ONLY_FILE = "decoder_with_past.onnx"
+_DEPLOY_FILE = "model.onnx"  # export.to_genai / export.to_optimum
 _ENCODER_FILE, _DECODER_FILE = "encoder.onnx", "decoder.onnx"
 
 
@@ -125,9 +126,16 @@ class DecoderOnlyStepper:
         self.graph.reset(batch)
 
     def step(self, new_tokens, index):
-        del index  # the graph places new tokens after its cached length
-        mask = np.ones((new_tokens.shape[0], self.graph.cached_length + new_tokens.shape[1]), np.int32)
-        return self.graph.run({"token_ids": new_tokens.astype(np.int32), "attention_mask": mask})
+        del index  # the rows are never padded here: every row is at the cached length
+        batch, length = new_tokens.shape
+        past = self.graph.cached_length
+        if "position_ids" not in self.graph.input_names:  # a folder written before position_ids
+            mask = np.ones((batch, past + length), np.int32)
+            return self.graph.run({"token_ids": new_tokens.astype(np.int32), "attention_mask": mask})
+        positions = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length))
+        return self.graph.run({"input_ids": new_tokens.astype(np.int64),
+                               "attention_mask": np.ones((batch, past + length), np.int64),
+                               "position_ids": positions})
 
     def reorder(self, rows):
         self.graph.reorder(rows)
@@ -150,7 +158,8 @@ class OnnxGenerator:
     """The generation graphs in a folder written by `export.native.save_generation_graphs`.
 
     Args:
-        path: that folder (or the `decoder_with_past.onnx` file of a decoder-only model).
+        path: that folder (or the `decoder_with_past.onnx` file of a decoder-only model), or a
+            folder from `export.to_genai` / `export.to_optimum` (its `model.onnx`).
         providers: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU) or a provider list.
         intra_op_num_threads: onnxruntime threads per operator; None (default): all cores,
             1 for int8 graphs (measured fastest, see `_session`); 0 = all cores.
@@ -163,8 +172,9 @@ class OnnxGenerator:
     def __init__(self, path, providers="auto", intra_op_num_threads=None):
         path = os.fspath(path)
         folder = path if os.path.isdir(path) else os.path.dirname(path)
-        if os.path.isfile(path) or os.path.isfile(os.path.join(folder, _DECODER_ONLY_FILE)):
-            decoder_path = path if os.path.isfile(path) else os.path.join(folder, _DECODER_ONLY_FILE)
+        single = [os.path.join(folder, name) for name in (_DECODER_ONLY_FILE, _DEPLOY_FILE)]
+        if os.path.isfile(path) or any(os.path.isfile(candidate) for candidate in single):
+            decoder_path = path if os.path.isfile(path) else next(c for c in single if os.path.isfile(c))
             self.encoder = None
         elif os.path.isfile(os.path.join(folder, _DECODER_FILE)) and os.path.isfile(os.path.join(folder, _ENCODER_FILE)):
             decoder_path = os.path.join(folder, _DECODER_FILE)
@@ -172,7 +182,8 @@ class OnnxGenerator:
         else:
             raise FileNotFoundError(
                 f"`path` must be a folder holding {_DECODER_ONLY_FILE!r} or {_ENCODER_FILE!r} + "
-                f"{_DECODER_FILE!r} (from export.native.save_generation_graphs); received path={path!r}."
+                f"{_DECODER_FILE!r} (from export.native.save_generation_graphs), or {_DEPLOY_FILE!r} (from "
+                f"export.to_genai); received path={path!r}."
             )
         decoder = _session(decoder_path, providers, intra_op_num_threads)
         self.metadata = _metadata(decoder)

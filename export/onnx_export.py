@@ -12,7 +12,7 @@ from export.report import ExportReport, StepTimer
 from export.signatures import TensorInfo
 
 METHODS = ("auto", "native", "tracing")
-PRECISIONS = (None, "fp32", "fp16", "int8")
+PRECISIONS = (None, "fp32", "fp16", "int8", "int4")
 
 
 def _check_choice(name, value, choices):
@@ -42,7 +42,7 @@ def _native_module(method, model):
     return None
 
 
-def _convert_precision(model_proto, precision):
+def _convert_precision(model_proto, precision, block_size=32):
     if precision in (None, "fp32"):
         return model_proto
     try:
@@ -52,7 +52,7 @@ def _convert_precision(model_proto, precision):
             f"precision={precision!r} needs the `export.precision` module, which is not installed; "
             "use precision=None (fp32)."
         ) from None
-    return precision_module.convert(model_proto, precision)
+    return precision_module.convert(model_proto, precision, block_size=block_size)
 
 
 def _onnx_infos(value_infos):
@@ -78,7 +78,8 @@ def check_onnx(path):
 
 
 def validate_onnx(model, path, *, atol=None, rtol=None, precision=None, max_length=None, vocab_size=None,
-                  batch_sizes=(1, 3), input_signature=None, providers=("CPUExecutionProvider",), reference=None):
+                  batch_sizes=(1, 3), input_signature=None, providers=("CPUExecutionProvider",), reference=None,
+                  min_top1=None):
     """Runs the ONNX file at `path` and `model` on the shape sweep and returns the `ValidationTable`.
 
     Call `.raise_if_failed()` on the result to turn a mismatch into an `ExportValidationError`.
@@ -93,7 +94,7 @@ def validate_onnx(model, path, *, atol=None, rtol=None, precision=None, max_leng
     session = onnxruntime.InferenceSession(os.fspath(path), providers=list(providers))
     cases = validate.model_sweep(model, signature.inputs, max_length, vocab_size, batch_sizes)
     reference = reference or validate.keras_reference(model, signature.output_names)
-    comparator = validate.comparator_for(_comparison_precision(model, precision), atol, rtol)
+    comparator = validate.comparator_for(_comparison_precision(model, precision), atol, rtol, min_top1)
     return validate.compare(reference, session, cases, comparator)
 
 
@@ -106,9 +107,19 @@ def _comparison_precision(model, precision):
     return precision
 
 
+def _what_failed(precision):
+    """The subject of a validation failure, with what the user can change."""
+    if precision in ("int8", "int4"):
+        return (f"{precision} ONNX export (lower the gate with min_top1= / --min-top1, or use "
+                f"{'int8' if precision == 'int4' else 'fp16'} or fp32)")
+    if precision == "fp16":
+        return "fp16 ONNX export (a shorter validation max_length= / --max-length, or atol=/rtol=, or fp32)"
+    return "ONNX export"
+
+
 def to_onnx(model, path, opset=None, *, method="auto", precision=None, validate=True, atol=None, rtol=None,
             max_length=None, vocab_size=None, batch_sizes=(1, 3), input_signature=None, overwrite=False,
-            preset=None, external_data_threshold=files.TWO_GIB, progress=None):
+            preset=None, external_data_threshold=files.TWO_GIB, progress=None, min_top1=None, block_size=32):
     """Exports a Keras model to ONNX, validates it against Keras, and only then writes `path`.
 
     Args:
@@ -119,7 +130,7 @@ def to_onnx(model, path, opset=None, *, method="auto", precision=None, validate=
             tf2onnx's newest (tracing) or `tracing.NATIVE_MAX_OPSET` (native; the same, 18).
         method: "auto" (the native emitter `export.native` when present and it supports the
             model, else tracing), "native" or "tracing" (tf2onnx).
-        precision: None/"fp32", "fp16" or "int8" (through `export.precision.convert`).
+        precision: None/"fp32", "fp16", "int8" or "int4" (through `export.precision.convert`).
         validate: run the shape sweep and refuse to write on any mismatch (default True).
         atol, rtol: comparison tolerances (fp32 default 1e-4 each; fp16 and mixed-precision
             models 1e-2 scaled).
@@ -132,6 +143,9 @@ def to_onnx(model, path, opset=None, *, method="auto", precision=None, validate=
         preset: preset name to record in the metadata (default: the model's `preset_name`).
         external_data_threshold: weight bytes from which the external-data layout is used.
         progress: optional callable receiving the name of each slow step as it starts.
+        min_top1: top-1 agreement with Keras an int8/int4 export must reach over the sweep
+            (default 0.99 int8, 0.95 int4).
+        block_size: int4 weights per quantization block (a power of two >= 16).
 
     Returns:
         An `ExportReport` (`report.method` is "native" or "tracing").
@@ -167,7 +181,7 @@ def to_onnx(model, path, opset=None, *, method="auto", precision=None, validate=
             weight_bytes = sum(math.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights)
             large = weight_bytes >= external_data_threshold
             model_proto, used = tracing.trace(model, signature, opset, large_model=large), "tracing"
-        model_proto = _convert_precision(model_proto, precision)
+        model_proto = _convert_precision(model_proto, precision, block_size)
         tracing.name_axes(model_proto, axis_names(signature), output_axes)
         tracing.set_metadata(model_proto, model, preset, {"keras_transformer.export_method": used})
     data_path = path + ".data"
@@ -180,8 +194,8 @@ def to_onnx(model, path, opset=None, *, method="auto", precision=None, validate=
             with timer.step("validate"):
                 table = validate_onnx(model, staging[path], atol=atol, rtol=rtol, precision=precision,
                                       max_length=cap, vocab_size=vocab_size, batch_sizes=batch_sizes,
-                                      input_signature=input_signature, reference=reference)
-                table.raise_if_failed("ONNX export")
+                                      input_signature=input_signature, reference=reference, min_top1=min_top1)
+                table.raise_if_failed(_what_failed(precision))
         sizes = {os.path.join(os.path.dirname(path), os.path.basename(f)): os.path.getsize(f) for f in written}
     return ExportReport(
         format="onnx", path=path, files=sizes, inputs=_onnx_infos(header.graph.input),

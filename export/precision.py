@@ -9,9 +9,11 @@ Both start from a float32 `onnx.ModelProto` (native or traced) and use onnxrunti
   (`stash_type=1`) and its fused attention runs its softmax in float32. float16 kernels exist on
   CPU for the ops the native graph uses, so the result validates on CPU; on a GPU
   (onnxruntime-gpu) it runs on CUDA with CPU fallback for any missing kernel.
-* `"int8"`: `onnxruntime.quantization.quantize_dynamic`: the weights of MatMul and of the fused
-  com.microsoft Attention (its Q/K/V projection) become int8 (per output channel) and
-  activations are quantized on the fly, for the CPU. A `Transpose` of a weight (the
+* `"int8"`: `onnxruntime.quantization.quantize_dynamic`: the weights of every MatMul become int8
+  (per output channel) and activations are quantized on the fly, for the CPU. The fused
+  com.microsoft Attention keeps its float Q/K/V projection: quantized it becomes QAttention,
+  which OpenVINO does not run, and the whole model measured no faster with it (1.40x against
+  1.45x for MatMuls only, below). A `Transpose` of a weight (the
   tied vocabulary projection of the native graph) is folded into a transposed weight first, so
   that the vocabulary MatMul, about 40% of the work, is quantized too. On an AVX2 CPU without
   VNNI the speed-up is bounded by that of the matmuls: 1.5-2.1x for the vocabulary MatMul
@@ -28,7 +30,7 @@ import tempfile
 import numpy as np
 from onnx import numpy_helper
 
-PRECISIONS = ("fp16", "int8")
+PRECISIONS = ("fp16", "int8", "int4")
 
 # Op types kept in float32 by the fp16 conversion (besides onnxruntime's default list).
 FP16_OP_BLOCK_LIST = ["Softmax", "Sin", "Cos", "Range"]
@@ -36,12 +38,13 @@ FP16_OP_BLOCK_LIST = ["Softmax", "Sin", "Cos", "Range"]
 FP16_NODE_SUFFIXES = ("/positions_float", "/positions_column", "/angles")
 
 
-def convert(model_proto, precision):
-    """Return a copy of `model_proto` in `precision` (`"fp16"` or `"int8"`).
+def convert(model_proto, precision, block_size=32, accuracy_level=4):
+    """Return a copy of `model_proto` in `precision` (`"fp16"`, `"int8"` or `"int4"`).
 
     Args:
         model_proto: a float32 `onnx.ModelProto`.
-        precision: `"fp16"` or `"int8"` (None / `"fp32"` return the model unchanged).
+        precision: `"fp16"`, `"int8"` or `"int4"` (None / `"fp32"` return the model unchanged).
+        block_size, accuracy_level: int4 only (see `to_int4`).
 
     Returns:
         A new `onnx.ModelProto`; inputs and outputs keep their names and float32 types.
@@ -52,6 +55,8 @@ def convert(model_proto, precision):
         return to_float16(model_proto)
     if precision == "int8":
         return to_int8(model_proto)
+    if precision == "int4":
+        return to_int4(model_proto, block_size, accuracy_level)
     raise ValueError(f"`precision` must be one of {[None, 'fp32', *PRECISIONS]}; received precision={precision!r}.")
 
 
@@ -122,7 +127,9 @@ def to_int8(model_proto):
         with tempfile.TemporaryDirectory(prefix="kt-int8-") as folder:
             output = os.path.join(folder, "model.int8.onnx")
             quantize_dynamic(
-                folded, output, op_types_to_quantize=["MatMul", "Attention"], per_channel=True,
+                # MatMuls only: com.microsoft.QAttention (the fused Attention quantized) runs in
+                # onnxruntime alone (OpenVINO lacks it) and measured no faster (module docstring).
+                folded, output, op_types_to_quantize=["MatMul"], per_channel=True,
                 # 7-bit weights: the u8 x s8 kernels of CPUs without VNNI saturate their 16-bit
                 # intermediate sums with full-range weights (max |diff| 10x larger, measured).
                 reduce_range=True, weight_type=QuantType.QInt8,
@@ -133,6 +140,48 @@ def to_int8(model_proto):
     finally:
         root_logger.disabled = was_disabled
     _copy_metadata(model_proto, quantized, "int8")
+    return quantized
+
+
+def to_int4(model_proto, block_size=32, accuracy_level=4):
+    """Blockwise 4-bit weights: every MatMul by a constant weight (the tied vocabulary projection
+    included, after `fold_weight_transposes`) becomes `com.microsoft.MatMulNBits`, and the token
+    embedding lookup `com.microsoft.GatherBlockQuantized`, with onnxruntime's own quantizer
+    (asymmetric, one float scale and 4-bit zero point per `block_size` weights along the input
+    axis). Activations stay float32; `accuracy_level=4` lets onnxruntime's CPU kernel quantize
+    them to int8 blocks on the fly (its fastest path), 0 keeps them float32.
+
+    Args:
+        model_proto: a float32 `onnx.ModelProto`.
+        block_size: weights per quantization block, a power of two >= 16.
+        accuracy_level: 0 (float32 compute), 1 (float32), 2 (float16), 3 (bfloat16) or 4 (int8).
+    """
+    import logging
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"`block_size` must be a power of two >= 16; received block_size={block_size!r}.")
+    if isinstance(accuracy_level, bool) or accuracy_level not in (0, 1, 2, 3, 4):
+        raise ValueError(f"`accuracy_level` must be 0, 1, 2, 3 or 4; received accuracy_level={accuracy_level!r}.")
+    folded = fold_weight_transposes(_copy(model_proto))
+    # Only the token embeddings are looked up by a quantized Gather: the position table and the
+    # graph's shape Gathers stay as they are.
+    excluded = [node.name for node in folded.graph.node
+                if node.op_type == "Gather" and not node.name.endswith("token_embedding_Gather")]
+    logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # it logs every node it quantizes at INFO
+    try:
+        quantizer = MatMulNBitsQuantizer(folded, bits=4, block_size=block_size, is_symmetric=False,
+                                         accuracy_level=accuracy_level, nodes_to_exclude=excluded,
+                                         op_types_to_quantize=("MatMul", "Gather"))
+        quantizer.process()
+    finally:
+        logger.setLevel(level)
+    quantized = quantizer.model.model
+    _copy_metadata(model_proto, quantized, "int4")
+    quantized.ir_version = max(quantized.ir_version, model_proto.ir_version)
     return quantized
 
 

@@ -170,15 +170,22 @@ def top1_agreement(min_agreement=0.99):
     return compare_arrays
 
 
-def comparator_for(precision=None, atol=None, rtol=None):
-    """The comparator for an fp32 (`None`/"fp32"), "fp16" or "int8" export."""
+MIN_TOP1 = {"int8": 0.99, "int4": 0.95}
+
+
+def comparator_for(precision=None, atol=None, rtol=None, min_top1=None):
+    """The comparator for an fp32 (`None`/"fp32"), "fp16", "int8" or "int4" export; `min_top1`
+    overrides the top-1 agreement the integer precisions need (`MIN_TOP1`)."""
     if precision in (None, "fp32"):
         return allclose(1e-4 if atol is None else atol, 1e-4 if rtol is None else rtol)
     if precision == "fp16":
         return allclose(1e-2 if atol is None else atol, 1e-2 if rtol is None else rtol, relative_to_max=True)
-    if precision == "int8":
-        return top1_agreement()
-    raise ValueError(f"`precision` must be None, 'fp32', 'fp16' or 'int8'; received precision={precision!r}.")
+    if precision in MIN_TOP1:
+        if min_top1 is not None and (isinstance(min_top1, bool) or not isinstance(min_top1, (int, float))
+                                     or not 0.0 <= min_top1 <= 1.0):
+            raise ValueError(f"`min_top1` must be a number in [0, 1]; received min_top1={min_top1!r}.")
+        return top1_agreement(MIN_TOP1[precision] if min_top1 is None else float(min_top1))
+    raise ValueError(f"`precision` must be None, 'fp32', 'fp16', 'int8' or 'int4'; received precision={precision!r}.")
 
 
 # --- sweep ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import tomllib
 ROOT = pathlib.Path(__file__).parents[1]
 # import name -> distribution name, where they differ or are third-party
 DISTRIBUTIONS = {"keras_hub": "keras-hub", "matplotlib": "matplotlib", "onnx": "onnx", "onnxruntime": "onnxruntime",
+                 "onnxruntime_genai": "onnxruntime-genai",
                  "tf2onnx": "tf2onnx", "rich": "rich", "sympy": "sympy", "numpy": "numpy", "keras": "keras",
                  "tensorflow": "tensorflow"}
 LOCAL = {"bench", "keras_transformer", "export"}

@@ -183,7 +183,7 @@ def test_argument_errors(user_export, tmp_path):
     with pytest.raises(ValueError, match="method"):
         export.to_onnx(model, tmp_path / "m.onnx", method="fast")
     with pytest.raises(ValueError, match="precision"):
-        export.to_onnx(model, tmp_path / "m.onnx", precision="int4")
+        export.to_onnx(model, tmp_path / "m.onnx", precision="int3")
     assert os.listdir(tmp_path) == []
 
 

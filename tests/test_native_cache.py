@@ -1,5 +1,6 @@
 """KV-cache generation graphs: prompt + step-by-step decoding equals the full-sequence graph."""
 
+import keras
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -45,7 +46,9 @@ def test_decoder_with_past_matches_full_graph(attention):
     chunks = [ids[:, :4], ids[:, 4:5], ids[:, 5:6], ids[:, 6:]]  # prompt, two steps, a chunk
 
     def feeds(chunk, position):
-        return {"token_ids": chunk, "attention_mask": np.ones((2, position + chunk.shape[1]), "int32")}
+        positions = np.broadcast_to(np.arange(position, position + chunk.shape[1]), chunk.shape)
+        return {"input_ids": chunk.astype("int64"), "attention_mask": np.ones((2, position + chunk.shape[1]), "int64"),
+                "position_ids": positions.astype("int64")}
 
     np.testing.assert_allclose(_run_in_chunks(session, chunks, feeds, 2), full, atol=ATOL)
 
@@ -55,16 +58,90 @@ def test_decoder_with_past_attention_mask_hides_positions():
     plain MatMul/Softmax graph agree on the masked result, which differs from the unmasked one."""
     model = DecoderOnlyTransformer(VOCAB, LAYERS, D_MODEL, HEADS, 32)
     ids = np.random.default_rng(1).integers(1, VOCAB, size=(2, 4)).astype("int32")
-    mask = np.array([[0, 1, 1, 1], [1, 1, 1, 1]], "int32")
+    mask = np.array([[0, 1, 1, 1], [1, 1, 1, 1]], "int64")
+    positions = np.array([[0, 1, 2, 3]] * 2, "int64")
     results = {}
     for attention in ("fused", "portable"):
         session = _session(build_decoder_with_past(model, attention=attention))
         for name, feed_mask in (("masked", mask), ("plain", np.ones_like(mask))):
-            feeds = {"token_ids": ids, "attention_mask": feed_mask, **_empty_past(2)}
+            feeds = {"input_ids": ids.astype("int64"), "attention_mask": feed_mask, "position_ids": positions,
+                     **_empty_past(2)}
             results[attention, name] = session.run(["logits"], feeds)[0][:, 1:]  # real query rows
     np.testing.assert_allclose(results["fused", "masked"], results["portable", "masked"], atol=ATOL)
     np.testing.assert_allclose(results["fused", "masked"][1], results["fused", "plain"][1], atol=ATOL)
     assert np.abs(results["fused", "masked"][0] - results["fused", "plain"][0]).max() > 1e-3
+
+
+def _greedy_padded(session, prompts, new_tokens, side, kv_heads=HEADS, head_dim=D_MODEL // HEADS, layers=LAYERS):
+    """Greedy decoding of a padded batch the way the deployment runtimes drive the graph:
+    padding hidden by `attention_mask`, positions `cumsum(attention_mask) - 1`; returns each
+    row's new tokens and the logits of every step, `(batch, steps, vocab)`."""
+    width = max(len(p) for p in prompts)
+    ids = np.zeros((len(prompts), width), "int64")
+    mask = np.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        span = slice(width - len(prompt), width) if side == "left" else slice(0, len(prompt))
+        ids[row, span], mask[row, span] = prompt, 1
+    past = {f"past_key_values.{i}.{part}": np.zeros((len(prompts), kv_heads, 0, head_dim), "float32")
+            for i in range(layers) for part in ("key", "value")}
+    names = [o.name for o in session.get_outputs()]
+    chosen, logits_seen = [], []
+    feed_ids, feed_mask = ids, mask
+    last = np.array([width - 1 if side == "left" else len(p) - 1 for p in prompts])
+    for step in range(new_tokens):
+        positions = np.maximum(np.cumsum(feed_mask, axis=1) - 1, 0)[:, -feed_ids.shape[1]:]
+        outputs = dict(zip(names, session.run(names, {"input_ids": feed_ids, "attention_mask": feed_mask,
+                                                       "position_ids": positions, **past})))
+        logits = outputs["logits"][np.arange(len(prompts)), last if step == 0 else -1]
+        logits_seen.append(logits)
+        chosen.append(logits.argmax(-1))
+        past = {name.replace("present", "past_key_values"): value
+                for name, value in outputs.items() if name.startswith("present")}
+        feed_ids = chosen[-1][:, None].astype("int64")
+        feed_mask = np.concatenate([feed_mask, np.ones((len(prompts), 1), "int64")], axis=1)
+    return np.stack(chosen, 1), np.stack(logits_seen, 1)
+
+
+def _llama(vocab=VOCAB):
+    return DecoderOnlyTransformer(vocab, LAYERS, D_MODEL, 4, 32, num_key_value_heads=2, positional="rotary",
+                                  normalization="rms_norm", activation="silu", gated_feed_forward=True,
+                                  use_bias=False, tie_embeddings=False, norm_first=True, max_length=64, dropout=0.0)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("shape", ["learned_fused", "sinusoid_portable", "llama"])
+def test_padded_batch_rows_get_their_own_tokens(shape, side):
+    """The deployment runtimes' way of batching different-length prompts (pads hidden by
+    `attention_mask`, positions from `position_ids`): every row gets the tokens and logits it
+    gets alone, for learned, sinusoidal and rotary (grouped-query) positions."""
+    keras.utils.set_random_seed(3)
+    if shape == "llama":
+        model, kv_heads, head_dim, attention = _llama(), 2, D_MODEL // 4, "portable"
+    else:
+        positional = "learned" if shape == "learned_fused" else "sinusoidal"
+        model = DecoderOnlyTransformer(VOCAB, LAYERS, D_MODEL, HEADS, 32, norm_first=True, positional=positional,
+                                       max_length=64)
+        kv_heads, head_dim, attention = HEADS, D_MODEL // HEADS, shape.split("_")[1]
+    session = _session(build_decoder_with_past(model, attention=attention))
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    kwargs = dict(kv_heads=kv_heads, head_dim=head_dim)
+    tokens, logits = _greedy_padded(session, prompts, 6, side, **kwargs)
+    for row, prompt in enumerate(prompts):
+        alone_tokens, alone_logits = _greedy_padded(session, [prompt], 6, side, **kwargs)
+        np.testing.assert_array_equal(tokens[row], alone_tokens[0])
+        np.testing.assert_allclose(logits[row], alone_logits[0], atol=ATOL)
+
+
+def test_padded_batch_without_position_ids_would_differ():
+    """The test above can fail: positions taken from the cache index (pads counted) change a
+    left-padded row's logits."""
+    model = DecoderOnlyTransformer(VOCAB, LAYERS, D_MODEL, HEADS, 32, positional="learned", max_length=64)
+    session = _session(build_decoder_with_past(model))
+    ids = np.array([[0, 0, 5, 6]], "int64")
+    mask = np.array([[0, 0, 1, 1]], "int64")
+    run = lambda positions: session.run(["logits"], {  # noqa: E731
+        "input_ids": ids, "attention_mask": mask, "position_ids": np.array([positions], "int64"), **_empty_past(1)})[0]
+    assert np.abs(run([0, 0, 0, 1])[0, -1] - run([0, 1, 2, 3])[0, -1]).max() > 1e-3
 
 
 @pytest.mark.parametrize("attention", ["fused", "portable"])
@@ -95,5 +172,5 @@ def test_save_generation_graphs_is_atomic(tmp_path):
     with pytest.raises(FileExistsError):
         save_generation_graphs(model, tmp_path / "mt")
     with pytest.raises(ValueError, match="precision"):
-        save_generation_graphs(model, tmp_path / "broken", precision="int4")
+        save_generation_graphs(model, tmp_path / "broken", precision="int2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mt"]

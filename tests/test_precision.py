@@ -73,6 +73,26 @@ def test_int8_agrees_on_top1_with_fp32(trained_language_model, tmp_path):
     assert agreement >= 0.99, agreement
 
 
+def test_int4_quantizes_every_weight_and_is_gated_by_top1(trained_language_model, tmp_path):
+    """int4: MatMulNBits for every projection (the tied vocabulary one included) and
+    GatherBlockQuantized for the token lookup, validated by top-1 agreement with a user gate."""
+    model = trained_language_model
+    report = export.to_onnx(model, tmp_path / "lm.int4.onnx", precision="int4", max_length=16, batch_sizes=(3,))
+    assert report.validation.passed and report.precision == "int4"
+    ops = {node.op_type for node in onnx.load(tmp_path / "lm.int4.onnx").graph.node}
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and not {"MatMul", "Transpose"} & ops
+    with pytest.raises(ValueError, match=r"min_top1.*1\.5"):
+        export.to_onnx(model, tmp_path / "bad.onnx", precision="int4", min_top1=1.5, max_length=16)
+    with pytest.raises(ValueError, match=r"block_size.*48"):
+        convert(build(model), "int4", block_size=48)
+
+
+def test_int8_has_no_qattention(trained_language_model):
+    """The int8 form quantizes MatMuls only: no com.microsoft.QAttention, which OpenVINO lacks."""
+    ops = {node.op_type for node in convert(build(trained_language_model), "int8").graph.node}
+    assert "QAttention" not in ops and "MatMulInteger" in ops
+
+
 def test_unknown_precision_is_rejected():
     with pytest.raises(ValueError, match="precision"):
-        convert(build(DecoderOnlyTransformer(VOCAB, 1, 16, 2, 32)), "int4")
+        convert(build(DecoderOnlyTransformer(VOCAB, 1, 16, 2, 32)), "int3")

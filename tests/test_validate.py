@@ -87,8 +87,11 @@ def test_top1_verdict_is_over_all_positions_of_the_sweep():
 def test_comparator_for_precisions():
     assert "1e-04" in v.comparator_for().name or "0.0001" in v.comparator_for().name
     assert "top-1" in v.comparator_for("int8").name
-    with pytest.raises(ValueError, match="precision='int4'"):
-        v.comparator_for("int4")
+    assert "95%" in v.comparator_for("int4").name and "90%" in v.comparator_for("int8", min_top1=0.9).name
+    with pytest.raises(ValueError, match="precision='int3'"):
+        v.comparator_for("int3")
+    with pytest.raises(ValueError, match=r"min_top1.*-0\.1"):
+        v.comparator_for("int4", min_top1=-0.1)
 
 
 def test_compare_against_an_onnxruntime_session(tmp_path):

@@ -1,10 +1,18 @@
 """Generation graphs with a key/value cache, and the function that writes them.
 
-Decoder-only (`decoder_with_past.onnx`): inputs `token_ids (batch, sequence)`,
-`attention_mask (batch, past_sequence + sequence)` (1 = may attend) and
-`past_key_values.{i}.key` / `.value` `(batch, heads, past_sequence, head_dim)`; outputs
-`logits (batch, sequence, vocab)` and `present.{i}.key` / `.value` (past + new positions). A
-zero-length past is allowed, so the same graph runs the prompt and every later step.
+Decoder-only (`decoder_with_past.onnx`), in the convention of the deployment runtimes
+(onnxruntime-genai, optimum's `ORTModelForCausalLM`, Hugging Face exports): int64 inputs
+`input_ids (batch, sequence)`, `attention_mask (batch, past_sequence + sequence)` (1 = a real
+token, 0 = padding) and `position_ids (batch, sequence)`, then `past_key_values.{i}.key` /
+`.value` `(batch, kv_heads, past_sequence, head_dim)`; outputs `logits (batch, sequence, vocab)`
+and `present.{i}.key` / `.value` (past + new positions). A zero-length past is allowed, so the
+same graph runs the prompt and every later step.
+
+Positions come from `position_ids`, not from the cache length, and `attention_mask` hides padded
+keys, so a left-padded (or right-padded) batch gives every row the logits it gets alone, as long
+as a row's positions count its real tokens only (the runtimes' `cumsum(attention_mask) - 1`).
+Causality is by cache index (key `j` is visible to the query at index `past + t` iff
+`j <= past + t`), which padding does not disturb.
 
 Encoder-decoder: `encoder.onnx` maps `encoder_token_ids` to `encoder_attention_mask` and the
 cross-attention keys/values `cross_key_values.{i}.key` / `.value` of every decoder block,
@@ -86,12 +94,14 @@ def build_decoder_with_past(model, opset=DEFAULT_OPSET, attention="fused"):
     check_supported(model, opset)
     kind = check_attention(attention, model)
     g = GraphBuilder(f"{model.name}_with_past", opset)
-    ids = g.input("token_ids", "int32", ["batch", "sequence"])
-    mask = g.input("attention_mask", "int32", ["batch", "total_sequence"])
+    ids = g.input("input_ids", "int64", ["batch", "sequence"])
+    mask = g.input("attention_mask", "int64", ["batch", "total_sequence"])
+    positions = g.input("position_ids", "int64", ["batch", "sequence"])
     past = _past_inputs(g, model, len(model.decoder_blocks))
     key_valid = g.op("Cast", mask, to=9, name="key_valid")  # to bool
     x, presents = emit_decoder_only_body(
-        g, model, ids, kind, past=past, start=_past_length(g, past[0][0]), key_valid=key_valid
+        g, model, ids, kind, past=past, start=_past_length(g, past[0][0]), key_valid=key_valid,
+        positions=positions,
     )
     g.output(emit_lm_logits(g, model, model.token_embedding, x), "logits", "float32",
              ["batch", "sequence", model.vocab_size])

@@ -162,9 +162,10 @@ def emit_lm_logits(g, model, embedding, x):
         return emit_dense(g, model.lm_head, x, "lm_head")
 
 
-def emit_decoder_only_body(g, model, ids, kind, past=None, start=None, key_valid=None):
-    """Embedding and decoder blocks; returns `(hidden, presents)` (presents only with `past`)."""
-    positions = emit_positions(g, ids, start)
+def emit_decoder_only_body(g, model, ids, kind, past=None, start=None, key_valid=None, positions=None):
+    """Embedding and decoder blocks; returns `(hidden, presents)` (presents only with `past`).
+    `positions`: int64 `(batch, T)` token positions (default `start .. start + T - 1`)."""
+    positions = emit_positions(g, ids, start) if positions is None else positions
     stream = new_stream(g, emit_embedding(g, model.token_embedding, ids, positions=positions), kind)
     masks = emit_attention_masks(g, kind, ids, key_valid, causal=True, past_length=start,
                                  exact_masked_rows=past is None)
