@@ -155,8 +155,9 @@ def _load(path, converter, make_config, convert, source_config, tensors, model_c
             f"{converter.MODEL_CLASS}.from_preset(path)."
         )
     config.update(overrides)
-    model = _model_class(converter.MODEL_CLASS)(**config)
-    formats.assign_weights(model, convert(tensors, config), tensors)
+    with formats.deferred_variables() as created:
+        model = _model_class(converter.MODEL_CLASS)(**config)
+    formats.assign_weights(model, convert(tensors, config), tensors, created)
     return model
 
 
