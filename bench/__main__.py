@@ -40,9 +40,13 @@ def main(argv=None):
         raise SystemExit(
             f"Unknown benchmark(s) {unknown}; expected names from {available()}."
         )
+    import os
+
+    from bench import common  # noqa: F401 - applies `--backend` before anything imports Keras
     from keras_transformer.quiet import import_tensorflow_quietly
 
-    import_tensorflow_quietly()  # TensorFlow without its known start-up noise
+    if os.environ.get("KERAS_BACKEND") == "tensorflow":
+        import_tensorflow_quietly()  # TensorFlow without its known start-up noise
     failed = []
     for name in names:
         module = importlib.import_module(f"bench.{name}")
