@@ -58,7 +58,7 @@ Helpers shared by converters live in `formats` (`SourceTensors`, `unsupported`, 
 import importlib
 import os
 
-from keras_transformer.checkpoints import formats
+from keras_transformer.checkpoints import assign, formats
 
 __all__ = [
     "export_to_transformers",
@@ -155,9 +155,9 @@ def _load(path, converter, make_config, convert, source_config, tensors, model_c
             f"{converter.MODEL_CLASS}.from_preset(path)."
         )
     config.update(overrides)
-    with formats.deferred_variables() as created:
+    with assign.deferred_variables() as created:
         model = _model_class(converter.MODEL_CLASS)(**config)
-    formats.assign_weights(model, convert(tensors, config), tensors, created)
+    assign.assign_weights(model, convert(tensors, config), tensors, created)
     return model
 
 

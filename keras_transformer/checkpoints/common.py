@@ -11,7 +11,7 @@ Hugging Face name map says, for each tensor, which of these it has:
 * `HEADS_OUT`: attention output Linear weight `(d, heads * head_dim)` <-> `(heads, head_dim, d)`.
 
 `to_keras` checks what it can without the model (rank, a head count that divides the width);
-`formats.assign_weights` then checks every result against the model's own shape.
+`assign.assign_weights` then checks every result against the model's own shape.
 """
 
 import numpy as np
