@@ -21,20 +21,13 @@ gives keras-hub `BertTokenizer`'s ids. `build_byte_level_bpe(vocab, merges)` and
 `build_wordpiece(vocab)` build the tokenizers from a vocabulary directly.
 """
 
-import json
 import os
+
+from keras_transformer.checkpoints.formats import read_json
 
 __all__ = ["build_byte_level_bpe", "build_wordpiece", "from_preset"]
 
 _GPT2_END = "<|endoftext|>"
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not readable JSON ({type(error).__name__}: {error}).") from None
 
 
 def _read_merges(path):
@@ -131,7 +124,7 @@ def _from_keras_hub(path, config):
     if class_name == "GPT2Tokenizer":
         vocabulary, merges = _assets(path, class_name, ("vocabulary.json", "merges.txt"))
         unsplittable = settings.get("unsplittable_tokens") or [_GPT2_END]
-        return build_byte_level_bpe(_read_json(vocabulary), _read_merges(merges), unsplittable)
+        return build_byte_level_bpe(read_json(vocabulary), _read_merges(merges), unsplittable)
     if class_name == "BertTokenizer":
         (vocabulary,) = _assets(path, class_name, ("vocabulary.txt",))
         return build_wordpiece(_read_vocab_txt(vocabulary), lowercase=bool(settings.get("lowercase", False)),
@@ -155,7 +148,7 @@ def from_preset(path):
         raise ValueError(f"No checkpoint directory at {path!r}.")
     tokenizer_json = os.path.join(path, "tokenizer.json")
     if os.path.isfile(tokenizer_json):
-        config = _read_json(tokenizer_json)
+        config = read_json(tokenizer_json)
         if isinstance(config, dict) and "model" in config:
             try:
                 return Tokenizer.from_file(tokenizer_json)
@@ -166,11 +159,11 @@ def from_preset(path):
         raise ValueError(f"{tokenizer_json}: neither a Hugging Face tokenizer nor a keras-hub tokenizer config.")
     vocab_json, merges_txt = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
     if os.path.isfile(vocab_json) and os.path.isfile(merges_txt):
-        return build_byte_level_bpe(_read_json(vocab_json), _read_merges(merges_txt))
+        return build_byte_level_bpe(read_json(vocab_json), _read_merges(merges_txt))
     vocab_txt = os.path.join(path, "vocab.txt")
     if os.path.isfile(vocab_txt):
         settings_file = os.path.join(path, "tokenizer_config.json")
-        settings = _read_json(settings_file) if os.path.isfile(settings_file) else {}
+        settings = read_json(settings_file) if os.path.isfile(settings_file) else {}
         return build_wordpiece(_read_vocab_txt(vocab_txt), lowercase=bool(settings.get("do_lower_case", True)),
                                strip_accents=settings.get("strip_accents"),
                                unk_token=_token_text(settings.get("unk_token", "[UNK]")))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import export
-from export.native import build, supports, unsupported_reason
+from export.native import build, unsupported_reason
 from keras_transformer.layers import DecoderBlock, TokenAndPositionEmbedding
 from keras_transformer.models import DecoderOnlyTransformer, EncoderDecoderTransformer, EncoderOnlyTransformer
 from tests._native_helpers import run_onnx

@@ -10,7 +10,6 @@ install, about a minute): `make test-runtime` and CI run it.
 import json
 import pathlib
 import subprocess
-import sys
 import venv
 
 import numpy as np

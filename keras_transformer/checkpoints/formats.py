@@ -29,6 +29,7 @@ __all__ = [
     "detect",
     "field",
     "read_hf_tensors",
+    "read_json",
     "read_keras_hub_weights",
     "unsupported",
     "write_hf_checkpoint",
@@ -68,7 +69,8 @@ def check(condition, message):
 # -- detection -------------------------------------------------------------------------------
 
 
-def _read_json(path):
+def read_json(path):
+    """A parsed JSON file; ValueError naming the file when it cannot be read."""
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -100,7 +102,7 @@ def detect(path):
     if not os.path.isfile(config_path):
         raise ValueError(f"{path!r} has no config.json, so it is neither a keras-hub preset nor a "
                          "Hugging Face checkpoint directory.")
-    config = _read_json(config_path)
+    config = read_json(config_path)
     if is_keras_hub_config(config):
         if not os.path.isfile(os.path.join(path, KERAS_HUB_WEIGHTS)):
             raise ValueError(f"{path!r} is a keras-hub preset without {KERAS_HUB_WEIGHTS}.")
@@ -246,7 +248,7 @@ def read_hf_tensors(path):
     """`SourceTensors` over `model.safetensors` or the shards listed in the index."""
     index_path = os.path.join(path, HF_INDEX)
     if os.path.isfile(index_path):
-        index = _read_json(index_path)
+        index = read_json(index_path)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index_path}: no `weight_map` of tensor names to files.")

@@ -8,6 +8,7 @@ Hugging Face names (`transformer.` prefix optional): `wte`, `wpe`, `h.{i}.ln_1`,
 
 import numpy as np
 
+from keras_transformer.checkpoints.common import keras_hub_block_names
 from keras_transformer.checkpoints.formats import NotThisArchitecture, check, field, unsupported
 
 MODEL_CLASS = "DecoderOnlyTransformer"
@@ -115,17 +116,7 @@ def _keras_hub_names(num_layers):
              ("position_embedding/0", "token_embedding/position_encoding/position_embeddings"),
              ("layer_norm/0", "final_norm/gamma"), ("layer_norm/1", "final_norm/beta")]
     for i in range(num_layers):
-        kh, ours = f"transformer_layer_{i}/", f"decoder_block_{i}/"
-        for name in ("query", "key", "value", "attention_output"):
-            names += [(f"{kh}self_attention/{name}/0", f"{ours}self_attention/{name}/kernel"),
-                      (f"{kh}self_attention/{name}/1", f"{ours}self_attention/{name}/bias")]
-        for kh_norm, our_norm in (("self_attention_layer_norm", "self_attention_norm"),
-                                  ("feedforward_layer_norm", "feed_forward_norm")):
-            names += [(f"{kh}{kh_norm}/0", f"{ours}{our_norm}/gamma"), (f"{kh}{kh_norm}/1", f"{ours}{our_norm}/beta")]
-        for kh_dense, our_dense in (("feedforward_intermediate_dense", "intermediate_dense"),
-                                    ("feedforward_output_dense", "output_dense")):
-            names += [(f"{kh}{kh_dense}/0", f"{ours}feed_forward/{our_dense}/kernel"),
-                      (f"{kh}{kh_dense}/1", f"{ours}feed_forward/{our_dense}/bias")]
+        names += keras_hub_block_names(f"transformer_layer_{i}/", f"decoder_block_{i}/")
     return names
 
 

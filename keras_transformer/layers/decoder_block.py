@@ -5,7 +5,6 @@ import keras
 from keras_transformer.layers import masks
 from keras_transformer.layers._block import TransformerBlockBase
 from keras_transformer.layers._validation import check_last_dim, check_rank
-from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
