@@ -115,7 +115,8 @@ def date_translator_tour(args):
         import export
 
         export.to_savedmodel(model, savedmodel_path, overwrite=True)
-        onnx_path, generation_folder = translate_dates.export_onnx(model, folder, log=console.print)
+        onnx_path, generation_folder = translate_dates.export_onnx(
+            model, folder, log=console.print, int8_min_top1=options_namespace.int8_min_top1)
 
     pairs = make_pairs(32, seed=1)
     sources, targets = (np.array(a, dtype="int32") for a in to_arrays(pairs))

@@ -5,7 +5,8 @@ run time (`_stdlib_text.py`), a byte-level BPE tokenizer is trained locally with
 `tokenizers`, and a decoder-only Transformer (pre-norm, GELU, tied embeddings) learns to
 continue them. Reports validation perplexity, samples with temperature and top-k, saves the
 model, the tokenizer and a training-curve PNG, then exports to ONNX with the KV cache and
-generates with onnxruntime.
+generates with onnxruntime, and writes an int4 onnxruntime-genai folder gated by top-1 agreement
+with Keras and by its held-out perplexity against float32's.
 
     python examples/language_model.py            # ~3-4 minutes on 2 CPU cores
     python examples/language_model.py --smoke    # a few steps, for tests
@@ -44,11 +45,19 @@ def parse_args(argv=None):
     parser.add_argument("--top-k", type=int, default=40)
     parser.add_argument("--new-tokens", type=int, default=30, help="tokens to sample per prompt")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    parser.add_argument("--min-top1", type=float, default=None,
+                        help="int4 export: top-1 agreement with Keras it must reach (default 0.95)")
+    parser.add_argument("--max-perplexity-increase", type=float, default=0.05,
+                        help="int4 export: largest held-out perplexity increase over float32 (0.05 = 5%%)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (tests)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.max_chars, args.vocab_size, args.length, args.epochs, args.batch_size = 20_000, 300, 16, 1, 16
         args.d_model, args.layers, args.heads, args.d_ff, args.new_tokens = 16, 1, 2, 32, 5
+        # two training steps leave near-tied logits that int4 reorders: the smoke run checks the
+        # gates' plumbing at low thresholds unless they are given
+        args.min_top1 = 0.5 if args.min_top1 is None else args.min_top1
+        args.max_perplexity_increase = max(args.max_perplexity_increase, 0.5)
     return args
 
 
@@ -64,11 +73,16 @@ def token_blocks(tokenizer, texts, length):
     return np.array(stream[: count * (length + 1)], dtype="int32").reshape(count, length + 1)
 
 
-def datasets(blocks, batch_size, validation_fraction=0.1):
+def validation_split(blocks, validation_fraction=0.1):
+    """`(train, valid)` blocks: the first tenth is held out."""
+    split = max(1, int(len(blocks) * validation_fraction))
+    return blocks[split:], blocks[:split]
+
+
+def datasets(blocks, batch_size):
     import tensorflow as tf
 
-    split = max(1, int(len(blocks) * validation_fraction))
-    train, valid = blocks[split:], blocks[:split]
+    train, valid = validation_split(blocks)
 
     def as_dataset(array, shuffle):
         data = tf.data.Dataset.from_tensor_slices(({"token_ids": array[:, :-1]}, array[:, 1:]))
@@ -137,7 +151,35 @@ def export_and_generate(model, tokenizer, args, folder, log=print):
                        temperature=args.temperature, top_k=args.top_k, seed=1)
     for row in sampled:
         log("  " + repr(tokenizer.decode([int(i) for i in row if i != 0])))
-    return same
+    return same and deploy_int4(model, tokenizer, args, folder, generation_folder, log)
+
+
+def deploy_int4(model, tokenizer, args, folder, generation_folder, log=print):
+    """An int4 onnxruntime-genai folder, gated by top-1 agreement with Keras (`--min-top1`, checked
+    by `export.to_genai` before it writes) and by held-out perplexity against float32's graph
+    (`--max-perplexity-increase`). Returns True when both gates pass."""
+    import export
+    from export.quality import check_perplexity, perplexity
+    from export.validate import ExportValidationError
+
+    _, held_out = validation_split(token_blocks(tokenizer, stdlib_text.corpus_text(args.max_chars), args.length))
+    held_out = held_out[:64]
+    int4_folder = os.path.join(folder, "genai_int4")
+    try:
+        export.to_genai(model, int4_folder, tokenizer=tokenizer, precision="int4", min_top1=args.min_top1,
+                        end_id=tokenizer.token_to_id("<eos>"), overwrite=True)
+    except ExportValidationError as error:
+        log(f"int4 export refused: {error}")
+        return False
+    fp32, int4 = perplexity(generation_folder, held_out), perplexity(int4_folder, held_out)
+    try:
+        increase = check_perplexity(int4, fp32, args.max_perplexity_increase)
+    except ValueError as error:
+        log(f"int4 folder {int4_folder}/ fails its perplexity gate: {error}")
+        return False
+    log(f"Wrote {int4_folder}/ (int4, onnxruntime-genai and optimum load it as is): held-out perplexity "
+        f"{int4:.2f} vs float32's {fp32:.2f} ({increase:+.2%}, allowed {args.max_perplexity_increase:+.2%}).")
+    return True
 
 
 def main(argv=None):

@@ -20,10 +20,11 @@ def build_parser():
         epilog="Exit codes: 0 success, 1 export or validation failed, 2 bad arguments or input.",
     )
     parser.add_argument("model", help="the .keras file to export, as written by model.save (loaded with safe_mode=True; not a SavedModel or .onnx)")
-    parser.add_argument("--to", choices=("onnx", "savedmodel", "genai", "all"), default="onnx",
+    parser.add_argument("--to", choices=("onnx", "savedmodel", "genai", "optimum", "all"), default="onnx",
                         help="what to write: OUT/model.onnx, OUT/saved_model/, OUT/genai/ (a folder that "
-                             "onnxruntime-genai and optimum load; decoder-only models), or onnx + savedmodel "
-                             "(all; default: onnx)")
+                             "onnxruntime-genai and optimum load; decoder-only models), OUT/optimum/ (optimum's "
+                             "causal-LM or seq2seq folder; encoder-decoder models need --start-id), or onnx + "
+                             "savedmodel (all; default: onnx)")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--opset", type=int, default=None,
                         help="ONNX opset (default: newest supported by both tf2onnx and onnxruntime)")
@@ -36,7 +37,9 @@ def build_parser():
                              "(default 0.99 int8, 0.95 int4)")
     parser.add_argument("--block-size", type=int, default=32, help="int4 block size (a power of two >= 16)")
     parser.add_argument("--tokenizer", default=None, help="genai: a tokenizer.json to copy into the folder")
-    parser.add_argument("--end-id", type=int, default=None, help="genai: the end-of-sequence token id")
+    parser.add_argument("--end-id", type=int, default=None, help="genai/optimum: the end-of-sequence token id")
+    parser.add_argument("--start-id", type=int, default=None,
+                        help="optimum, encoder-decoder models: the decoder's first token (decoder_start_token_id)")
     parser.add_argument("--atol", type=float, default=None, help="absolute tolerance (fp32 default 1e-4)")
     parser.add_argument("--rtol", type=float, default=None, help="relative tolerance (fp32 default 1e-4)")
     parser.add_argument("--max-length", type=int, default=None,
@@ -90,7 +93,7 @@ def main(argv=None):
     if problem:
         return _fail(error_console, EXIT_USAGE, problem)
     targets = {"onnx": os.path.join(args.out, "model.onnx"), "savedmodel": os.path.join(args.out, "saved_model"),
-               "genai": os.path.join(args.out, "genai")}
+               "genai": os.path.join(args.out, "genai"), "optimum": os.path.join(args.out, "optimum")}
     formats = ["onnx", "savedmodel"] if args.to == "all" else [args.to]
     for fmt in formats:
         if os.path.lexists(targets[fmt]) and not args.overwrite:
@@ -117,15 +120,17 @@ def main(argv=None):
                     report = to_onnx(model, targets[fmt], args.opset, method=args.method, precision=precision,
                                      min_top1=args.min_top1, block_size=args.block_size, progress=progress,
                                      **common)
-                elif fmt == "genai":
-                    from export.deploy import to_genai
+                elif fmt in ("genai", "optimum"):
+                    from export.deploy import to_genai, to_optimum
 
-                    status.update("genai: export and validation")
-                    written = to_genai(model, targets[fmt], tokenizer=args.tokenizer, precision=precision,
-                                       end_id=args.end_id, max_length=args.max_length, opset=args.opset,
-                                       validate=args.validate, min_top1=args.min_top1, atol=args.atol,
-                                       rtol=args.rtol, block_size=args.block_size, overwrite=args.overwrite)
-                    report = f"genai: wrote {targets[fmt]} ({', '.join(os.path.basename(p) for p in written)})"
+                    status.update(f"{fmt}: export and validation")
+                    options = {} if args.start_id is None else {"start_id": args.start_id}
+                    written = (to_genai if fmt == "genai" else to_optimum)(
+                        model, targets[fmt], tokenizer=args.tokenizer, precision=precision, end_id=args.end_id,
+                        max_length=args.max_length, opset=args.opset, validate=args.validate,
+                        min_top1=args.min_top1, atol=args.atol, rtol=args.rtol, block_size=args.block_size,
+                        overwrite=args.overwrite, **options)
+                    report = f"{fmt}: wrote {targets[fmt]} ({', '.join(os.path.basename(p) for p in written)})"
                 else:
                     from export.savedmodel import to_savedmodel
 

@@ -326,24 +326,48 @@ def to_genai(model, directory, tokenizer=None, precision=None, *, end_id=None, b
         "config.json": hf,
         "generation_config.json": generation,
     }
-    if tokenizer_text is not None:
-        documents["tokenizer_config.json"] = _tokenizer_config(context)
+    return write_folder(directory, {MODEL_FILE: proto}, documents, tokenizer_text, context, overwrite)
+
+
+def write_folder(directory, graphs, documents, tokenizer_text, context, overwrite):
+    """Write `{file: ModelProto}` graphs, `{file: dict}` JSON documents and the tokenizer files
+    into `directory`, atomically (all files or none). Returns the paths written."""
+    from export import files
+
     with files.atomic_output([directory], overwrite=overwrite) as staging:
         folder = staging[directory]
         os.makedirs(folder)
-        files.save_onnx(proto, os.path.join(folder, MODEL_FILE))
+        for name, proto in graphs.items():
+            files.save_onnx(proto, os.path.join(folder, name))
+        if tokenizer_text is not None:
+            documents = {**documents, "tokenizer_config.json": _tokenizer_config(context)}
+            with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as handle:
+                handle.write(tokenizer_text)
         for name, document in documents.items():
             with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
                 json.dump(document, handle, indent=2)
-        if tokenizer_text is not None:
-            with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as handle:
-                handle.write(tokenizer_text)
         written = sorted(os.listdir(folder))
     return [os.path.join(directory, name) for name in written]
 
 
 def to_optimum(model, directory, tokenizer=None, precision=None, **options):
-    """The folder of `to_genai` (it serves optimum too): `model.onnx` + `config.json` that
-    optimum-onnx's `ORTModelForCausalLM.from_pretrained(directory)` loads and generates with."""
+    """A folder that optimum-onnx loads as it is.
+
+    A `DecoderOnlyTransformer` gets the folder of `to_genai` (it serves optimum too):
+    `model.onnx` + `config.json` for `ORTModelForCausalLM.from_pretrained(directory)`. An
+    `EncoderDecoderTransformer` gets `encoder_model.onnx`, `decoder_model.onnx` and
+    `decoder_with_past_model.onnx` for `ORTModelForSeq2SeqLM.from_pretrained(directory)`; it needs
+    `start_id=` (see `export.deploy_seq2seq.to_optimum_seq2seq`).
+    """
+    from keras_transformer.models import EncoderDecoderTransformer
+
+    if isinstance(model, EncoderDecoderTransformer):
+        from export.deploy_seq2seq import to_optimum_seq2seq
+
+        return to_optimum_seq2seq(model, directory, tokenizer, precision, **options)
+    if options.get("start_id") is not None:
+        raise ValueError(f"`start_id` is the decoder's first token of an EncoderDecoderTransformer; a "
+                         f"{type(model).__name__} takes none; received start_id={options['start_id']!r}.")
+    options.pop("start_id", None)
     return to_genai(model, directory, tokenizer, precision, **options)
 

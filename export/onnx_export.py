@@ -107,13 +107,18 @@ def _comparison_precision(model, precision):
     return precision
 
 
-def _what_failed(precision):
-    """The subject of a validation failure, with what the user can change."""
+def _what_failed(precision, cap, declared):
+    """The subject of a validation failure, with what the user can change. `cap` is the sweep's
+    longest sequence, `declared` the model's own limit (None when it declares none)."""
+    length_hint = ""
+    if declared is None and precision is not None:
+        length_hint = (f"; the sweep ran to {cap} tokens because the model declares no max_length: give the "
+                       "model max_length= (or pass max_length= / --max-length) the longest sequence it serves")
     if precision in ("int8", "int4"):
         return (f"{precision} ONNX export (lower the gate with min_top1= / --min-top1, or use "
-                f"{'int8' if precision == 'int4' else 'fp16'} or fp32)")
+                f"{'int8' if precision == 'int4' else 'fp16'} or fp32{length_hint})")
     if precision == "fp16":
-        return "fp16 ONNX export (a shorter validation max_length= / --max-length, or atol=/rtol=, or fp32)"
+        return f"fp16 ONNX export (a shorter validation max_length= / --max-length, or atol=/rtol=, or fp32{length_hint})"
     return "ONNX export"
 
 
@@ -195,7 +200,7 @@ def to_onnx(model, path, opset=None, *, method="auto", precision=None, validate=
                 table = validate_onnx(model, staging[path], atol=atol, rtol=rtol, precision=precision,
                                       max_length=cap, vocab_size=vocab_size, batch_sizes=batch_sizes,
                                       input_signature=input_signature, reference=reference, min_top1=min_top1)
-                table.raise_if_failed(_what_failed(precision))
+                table.raise_if_failed(_what_failed(precision, cap, model_limits(model)[1] or max_length))
         sizes = {os.path.join(os.path.dirname(path), os.path.basename(f)): os.path.getsize(f) for f in written}
     return ExportReport(
         format="onnx", path=path, files=sizes, inputs=_onnx_infos(header.graph.input),

@@ -91,6 +91,12 @@ class ValidationTable:
         return bool(self._aggregate(self.rows)) if self._aggregate else all(row.ok for row in self.rows)
 
     @property
+    def agreement(self):
+        """Top-1 agreement over every compared position (None for tolerance comparisons)."""
+        counted = [row.counts for row in self.rows if row.counts]
+        return sum(a for a, _ in counted) / max(1, sum(t for _, t in counted)) if counted else None
+
+    @property
     def worst(self):
         return max(self.rows, key=lambda row: row.max_abs_diff) if self.rows else None
 
@@ -106,10 +112,8 @@ class ValidationTable:
         widths = [max(len(str(cell)) for cell in column) for column in zip(header, *body)]
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in [header, *body]]
         title = f"validation ({self.comparator_name}): {'PASSED' if self.passed else 'FAILED'}"
-        counted = [row.counts for row in self.rows if row.counts]
-        if counted:
-            agreement = sum(a for a, _ in counted) / max(1, sum(t for _, t in counted))
-            title += f", top-1 agreement over the sweep {agreement:.2%}"
+        if self.agreement is not None:
+            title += f", top-1 agreement over the sweep {self.agreement:.2%}"
         return "\n".join([title, *lines])
 
     __str__ = as_text

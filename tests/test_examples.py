@@ -20,13 +20,14 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXPECTED = {
     "translate_dates.py": (
         ["date_translator.keras", "training_curves.png", "attention.png", "date_translator.onnx",
-         "generation/encoder.onnx", "generation/decoder.onnx"],
-        ["Exact match on", "per input format:", "'2021-03-05'", "TensorFlow was never imported in this process"],
+         "date_translator.int8.onnx", "generation/encoder.onnx", "generation/decoder.onnx"],
+        ["Exact match on", "per input format:", "'2021-03-05'", "int8 weights, top-1 agreement",
+         "TensorFlow was never imported in this process"],
     ),
     "language_model.py": (
         ["docstring_lm.keras", "tokenizer.json", "training_curves.png", "docstring_lm.onnx",
-         "generation/decoder_with_past.onnx"],
-        ["Validation perplexity", "token for token identical to Keras"],
+         "generation/decoder_with_past.onnx", "genai_int4/model.onnx", "genai_int4/genai_config.json"],
+        ["Validation perplexity", "token for token identical to Keras", "held-out perplexity"],
     ),
     "classify.py": (
         ["docstring_classifier.keras", "tokenizer.json", "training_curves.png", "confusion_matrix.png",
