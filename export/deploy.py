@@ -224,9 +224,29 @@ def keras_logits(model, prompts, tokens):
     return results
 
 
+def check_prompts(prompts, vocab_size, pad_id, longest):
+    """`prompts` as a list of lists of ints, or a ValueError naming what is wrong."""
+    problem = None
+    if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__") or len(prompts) == 0:
+        problem = "a non-empty list of token-id lists"
+    else:
+        prompts = [[int(t) for t in prompt] for prompt in prompts]
+        if any(not 1 <= len(p) <= longest for p in prompts):
+            problem = f"prompts of 1 to {longest} tokens (the context minus the {VALIDATION_STEPS} decoding steps)"
+        elif any(t == pad_id or not 0 <= t < vocab_size for p in prompts for t in p):
+            problem = f"ids in [0, {vocab_size}) other than the pad id {pad_id}"
+    if problem:
+        raise ValueError(f"`validation_prompts` must be {problem}; received {str(prompts)[:200]}.")
+    return prompts
+
+
 def validate_generation(model, proto, precision=None, context=None, min_top1=None, atol=None, rtol=None,
-                        steps=VALIDATION_STEPS):
+                        steps=VALIDATION_STEPS, prompts=None):
     """Compare the generation graph `proto` with the Keras `model` (see the module docstring).
+
+    `prompts` (token-id lists, e.g. held-out text) replace the random validation prompts: a
+    trained model's top-1 choices on random tokens are near-ties that any rounding reorders,
+    while on its own kind of text they are what the user deploys.
 
     Returns:
         A `ValidationTable` (one row per prompt); `.raise_if_failed()` raises
@@ -239,7 +259,8 @@ def validate_generation(model, proto, precision=None, context=None, min_top1=Non
     context = context or context_length(model)
     spec = model.cache_spec
     session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    prompts = validation_prompts(model, context, model.vocab_size, steps)
+    if prompts is None:
+        prompts = validation_prompts(model, context, model.vocab_size, steps)
     tokens, graph_logits = run_left_padded(session, prompts, steps, spec.num_key_value_heads, spec.head_dim,
                                            spec.num_layers, int(model.pad_id))
     reference = keras_logits(model, prompts, tokens)
@@ -268,7 +289,7 @@ def _build(model, precision, attention, opset, block_size, accuracy_level):
 
 def to_genai(model, directory, tokenizer=None, precision=None, *, end_id=None, bos_id=None, max_length=None,
              attention="fused", opset=None, validate=True, min_top1=None, atol=None, rtol=None, block_size=32,
-             accuracy_level=4, overwrite=False):
+             accuracy_level=4, validation_prompts=None, overwrite=False):
     """Write a folder that `onnxruntime_genai.Model(folder)` and optimum's
     `ORTModelForCausalLM.from_pretrained(folder)` load as they are (see the module docstring).
 
@@ -290,6 +311,8 @@ def to_genai(model, directory, tokenizer=None, precision=None, *, end_id=None, b
         atol, rtol: float32/fp16 tolerances (defaults as `export.to_onnx`).
         block_size, accuracy_level: int4 options (`MatMulNBits` block size, a power of two >= 16;
             `accuracy_level` 0-4, 4 = int8 activations, the fastest on CPU).
+        validation_prompts: token-id lists to validate with (e.g. held-out text) instead of
+            random prompts of a few lengths.
         overwrite: replace an existing `directory`.
 
     Returns:
@@ -312,12 +335,16 @@ def to_genai(model, directory, tokenizer=None, precision=None, *, end_id=None, b
                                   or not 0 <= value < model.vocab_size):
             raise ValueError(f"`{name}` must be a token id in [0, {model.vocab_size}); received {name}={value!r}.")
     context = context_length(model, max_length)
+    if validation_prompts is not None:
+        validation_prompts = check_prompts(validation_prompts, model.vocab_size, int(model.pad_id),
+                                           context - VALIDATION_STEPS)
     tokenizer_text = _tokenizer_json(tokenizer)
     directory = os.path.abspath(os.fspath(directory))
     files.check_target(directory, overwrite)
     proto = _build(model, precision, attention, opset or DEFAULT_OPSET, block_size, accuracy_level)
     if validate:
-        validate_generation(model, proto, precision, context, min_top1, atol, rtol).raise_if_failed(
+        validate_generation(model, proto, precision, context, min_top1, atol, rtol,
+                            prompts=validation_prompts).raise_if_failed(
             f"{precision or 'fp32'} generation graph (min_top1 / --min-top1 sets the int8/int4 threshold; a "
             "lower precision or int4 block_size=16 agrees more)")
     hf, generation = hf_config(model, context, end_id, bos_id)

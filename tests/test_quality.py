@@ -51,3 +51,19 @@ def test_bad_input_is_named(model_and_blocks, tmp_path):
         perplexity(tmp_path, blocks[0])
     with pytest.raises(ValueError, match="max_increase=-1"):
         check_perplexity(2.0, 1.0, max_increase=-1)
+
+
+def test_validation_prompts_replace_the_random_ones_and_are_checked(model_and_blocks, tmp_path):
+    from export.deploy import validate_generation
+    from export.native.cache import build_decoder_with_past
+
+    model, blocks = model_and_blocks
+    prompts = [list(blocks[0, :5]), list(blocks[1, :9])]
+    table = validate_generation(model, build_decoder_with_past(model), prompts=prompts)
+    assert table.passed and [row.case for row in table.rows] == [
+        "left-padded batch, prompt of 5", "left-padded batch, prompt of 9"]
+    with pytest.raises(ValueError, match=r"validation_prompts.*other than the pad id 0"):
+        export.to_genai(model, tmp_path / "g", validation_prompts=[[3, 0, 4]])
+    with pytest.raises(ValueError, match=r"validation_prompts.*1 to 28 tokens"):
+        export.to_genai(model, tmp_path / "g", validation_prompts=[list(range(1, 31))])
+    assert not (tmp_path / "g").exists()
