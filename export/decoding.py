@@ -32,6 +32,7 @@ from keras_transformer import search  # numpy only: loads no Keras/TensorFlow
 
 GENERATION_METADATA_KEY = "keras_transformer.generation"
 _PRECISION_KEY = "keras_transformer.precision"  # written by export.precision
+_ONE_THREAD_PRECISIONS = ("int8", "int4")  # default to one intra-op thread (see `_session`)
 _DECODER_ONLY_FILE = "decoder_with_past.onnx"
 _DEPLOY_FILE = "model.onnx"  # export.to_genai / export.to_optimum
 _ENCODER_FILE, _DECODER_FILE = "encoder.onnx", "decoder.onnx"
@@ -49,13 +50,16 @@ def _session(path, providers, intra_op_num_threads):
     A decoding step is a few small operators, then the host picks a token. Worker threads spin
     between the operators of a run but stop at its end (`session.force_spinning_stop`), so that
     they leave the cores to the host and to other processes between steps.
-    `intra_op_num_threads=None` takes all cores, except for int8 graphs, whose steps are too
-    small to share. Measured on 2 cores (`bench/onnx_inference.py`'s model, ms per token, median
-    of interleaved runs): fp32 1.27 this way, 1.65 with 1 thread, 1.77 with 2 threads that never
-    spin; int8 0.66 with 1 thread, 0.97 with 2.
+    `intra_op_num_threads=None` takes all cores, except for int8 and int4 graphs, whose steps are
+    too small to share. Measured on 2 cores (`bench/onnx_inference.py`'s model, ms per token,
+    median of interleaved runs): fp32 1.27 this way, 1.65 with 1 thread, 1.77 with 2 threads that
+    never spin; int8 0.66 with 1 thread, 0.97 with 2; int4 (block 32, accuracy_level 4) 0.52x of
+    its time with 2 threads when on 1 (a loaded machine; fp32 there: 0.53x on 1 thread, as spinning
+    workers wait for cores that other processes hold).
     """
     session = _new_session(path, providers, 0 if intra_op_num_threads is None else intra_op_num_threads)
-    if intra_op_num_threads is None and session.get_modelmeta().custom_metadata_map.get(_PRECISION_KEY) == "int8":
+    precision = session.get_modelmeta().custom_metadata_map.get(_PRECISION_KEY)
+    if intra_op_num_threads is None and precision in _ONE_THREAD_PRECISIONS:
         session = _new_session(path, providers, 1)
     return session
 
@@ -116,14 +120,19 @@ class _CachedSession:
 
 
 class DecoderOnlyStepper:
-    """Stepper (see `keras_transformer.search`) over `decoder_with_past.onnx`."""
+    """Stepper (see `keras_transformer.search`) over `decoder_with_past.onnx`.
+
+    The int64 `attention_mask` and `position_ids` of every step are views of buffers made once
+    per sequence (`reset`), so a step allocates nothing on the host but what onnxruntime returns.
+    """
 
     def __init__(self, cached_session):
         self.graph = cached_session
 
     def reset(self, batch, total_length):
-        del total_length  # the cache grows by concatenation; nothing is preallocated
         self.graph.reset(batch)
+        self._ones = np.ones(batch * total_length, np.int64)  # any (batch, n <= total) mask is a view
+        self._positions = np.tile(np.arange(total_length, dtype=np.int64), (batch, 1))
 
     def step(self, new_tokens, index):
         del index  # the rows are never padded here: every row is at the cached length
@@ -132,10 +141,10 @@ class DecoderOnlyStepper:
         if "position_ids" not in self.graph.input_names:  # a folder written before position_ids
             mask = np.ones((batch, past + length), np.int32)
             return self.graph.run({"token_ids": new_tokens.astype(np.int32), "attention_mask": mask})
-        positions = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length))
+        positions = self._positions[:, past:past + length]
         return self.graph.run({"input_ids": new_tokens.astype(np.int64),
-                               "attention_mask": np.ones((batch, past + length), np.int64),
-                               "position_ids": positions})
+                               "attention_mask": self._ones[:batch * (past + length)].reshape(batch, past + length),
+                               "position_ids": positions if batch == 1 else np.ascontiguousarray(positions)})
 
     def reorder(self, rows):
         self.graph.reorder(rows)
@@ -162,7 +171,7 @@ class OnnxGenerator:
             folder from `export.to_genai` / `export.to_optimum` (its `model.onnx`).
         providers: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU) or a provider list.
         intra_op_num_threads: onnxruntime threads per operator; None (default): all cores,
-            1 for int8 graphs (measured fastest, see `_session`); 0 = all cores.
+            1 for int8 and int4 graphs (measured fastest, see `_session`); 0 = all cores.
 
     Example:
     >>> generator = OnnxGenerator("out/lm")  # doctest: +SKIP

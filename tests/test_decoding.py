@@ -102,3 +102,19 @@ def test_generation_runs_without_tensorflow_or_keras(translation_model, tmp_path
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
                             env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("precision,threads", [(None, 0), ("int8", 1), ("int4", 1)])
+def test_quantized_graphs_decode_on_one_thread_by_default(tmp_path, precision, threads):
+    import keras
+
+    keras.utils.set_random_seed(9)
+    model = DecoderOnlyTransformer(64, 1, 32, 2, 64, dropout=0.0)
+    save_generation_graphs(model, tmp_path / "graphs", precision=precision)
+    generator = OnnxGenerator(tmp_path / "graphs")
+    assert generator.decoder.session.get_session_options().intra_op_num_threads == threads
+    pinned = OnnxGenerator(tmp_path / "graphs", intra_op_num_threads=2)
+    assert pinned.decoder.session.get_session_options().intra_op_num_threads == 2
+    prompts = [[5, 6, 7], [8, 9]]
+    np.testing.assert_array_equal(generator.generate(prompts, max_new_tokens=5, temperature=0.0),
+                                  pinned.generate(prompts, max_new_tokens=5, temperature=0.0))
