@@ -13,9 +13,13 @@ Write the graphs with `export.native.save_generation_graphs(model, folder)` (dec
   suppress_ids=None, allow_pad=False, return_lengths=False)`: greedy,
   sampled (`temperature > 0`, `num_beams=1`) or beam search.
 
-The decoding loop is the one the Keras models run (`keras_transformer.search`), so greedy
-tokens equal Keras's token for token. The cache of each step lives in numpy between
-steps; prompts are prefilled in one run, then one run per new token.
+Sampling and beam search run the loops the Keras models run (`keras_transformer.search`), so a
+seed draws the same tokens. Greedy decoder-only decoding left-pads the batch and prefills every
+prompt in one run, then runs once per new token (`greedy_left_padded`): the same tokens as
+Keras's loop, which feeds the longer prompts one position at a time, with
+`max(lengths) - min(lengths)` fewer runs. The cache of each step lives in numpy between steps
+(onnxruntime returns its outputs without a copy; OrtValue chaining and IO binding measured no
+faster, see `bench/onnx_inference.py`).
 
 Example:
 >>> from export.decoding import generate
@@ -150,6 +154,58 @@ class DecoderOnlyStepper:
         self.graph.reorder(rows)
 
 
+def greedy_left_padded(graph, prompts, lengths, max_new_tokens, end_id, pad_id, suppress):
+    """Greedy decoding with the whole batch prefilled in one run: `search.decode`'s tokens.
+
+    The prompts are left-padded (`attention_mask` 0 on the padding, `position_ids` counting each
+    row's real tokens), so every row ends at the last prefilled position and each later run
+    feeds one new token per row. `search.decode` teacher-forces the longer prompts one position
+    at a time instead (the loop the Keras models share, and the one sampling keeps, so that a
+    seed draws the same tokens), which costs `max(lengths) - min(lengths)` more runs. A row
+    sees the same tokens at the same positions either way, so the argmax is the same up to
+    float32 rounding in the two ways of computing the same logits.
+
+    Args:
+        graph: a `_CachedSession` over a graph with `position_ids`.
+        prompts, lengths: the right-padded prompt buffer and lengths (`search.prepare_prompts`).
+        max_new_tokens, end_id, pad_id, suppress: as in `search.decode`.
+
+    Returns:
+        `(tokens, lengths)` as `search.decode(..., return_lengths=True)` returns them.
+    """
+    batch, width = prompts.shape
+    real = np.arange(width)[None, :] >= (width - lengths)[:, None]  # left-padded layout
+    ids = np.full((batch, width), pad_id, np.int64)
+    ids[real] = prompts[np.arange(width)[None, :] < lengths[:, None]]
+    mask = np.ones((batch, width + max_new_tokens), np.int64)
+    mask[:, :width] = real
+    graph.reset(batch)
+    logits = graph.run({"input_ids": ids, "attention_mask": mask[:, :width],
+                        "position_ids": np.maximum(np.cumsum(real, axis=1) - 1, 0)})
+    tokens = np.full((batch, width + max_new_tokens), pad_id, np.int32)
+    tokens[:, :width] = prompts
+    generated = np.zeros(batch, np.int64)
+    finished = np.zeros(batch, bool)
+    rows = np.arange(batch)
+    for step in range(max_new_tokens):
+        if suppress is not None and len(suppress):
+            logits[:, suppress] = -np.inf  # `run` returns a fresh array
+        chosen = np.argmax(logits, axis=-1)
+        active = ~finished
+        tokens[rows[active], lengths[active] + step] = chosen[active]
+        generated += active
+        finished |= generated >= max_new_tokens
+        if end_id is not None:
+            finished |= active & (chosen == end_id)
+        if finished.all():
+            break
+        logits = graph.run({"input_ids": chosen.astype(np.int64)[:, None],
+                            "attention_mask": np.ascontiguousarray(mask[:, :width + step + 1]),
+                            "position_ids": (lengths + step).astype(np.int64)[:, None]})
+    lengths = lengths + generated
+    return tokens[:, :int(lengths.max())], lengths
+
+
 class EncoderDecoderStepper(DecoderOnlyStepper):
     """Stepper over `decoder.onnx`; the cross-attention keys/values come from one encoder run."""
 
@@ -222,8 +278,12 @@ class OnnxGenerator:
         self._check_positions(int(lengths.max()) + max_new_tokens,
                               f"The longest prompt plus max_new_tokens={max_new_tokens}")
         choose = search.TokenChooser(temperature, top_k, top_p, seed)
-        tokens, lengths = search.decode(DecoderOnlyStepper(self.decoder), prompts, lengths, max_new_tokens, choose,
-                                        end_id, meta["pad_id"], suppress=suppress, return_lengths=True)
+        if choose.temperature == 0.0 and "position_ids" in self.decoder.input_names:
+            tokens, lengths = greedy_left_padded(self.decoder, prompts, lengths, max_new_tokens, end_id,
+                                                 meta["pad_id"], suppress)
+        else:
+            tokens, lengths = search.decode(DecoderOnlyStepper(self.decoder), prompts, lengths, max_new_tokens,
+                                            choose, end_id, meta["pad_id"], suppress=suppress, return_lengths=True)
         return search.generation_results(tokens, lengths, single, return_lengths)
 
     def _generate_translation(self, encoder_token_ids, max_length, start_id, end_id, num_beams=1,
