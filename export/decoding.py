@@ -182,26 +182,35 @@ def greedy_left_padded(graph, prompts, lengths, max_new_tokens, end_id, pad_id, 
     graph.reset(batch)
     logits = graph.run({"input_ids": ids, "attention_mask": mask[:, :width],
                         "position_ids": np.maximum(np.cumsum(real, axis=1) - 1, 0)})
+    # Each step's tokens go to row `step` of `chosen_ids`; rows of the batch that emitted end_id
+    # stop counting (`generated`), and the tokens are placed after the prompts once, at the end.
+    chosen_ids = np.empty((max_new_tokens, batch), np.int64)
+    generated = np.full(batch, max_new_tokens, np.int64)
+    running = np.ones(batch, bool)
+    positions = lengths.astype(np.int64)[:, None]
+    suppress = None if suppress is None or not len(suppress) else suppress
+    for step in range(max_new_tokens):
+        if suppress is not None:
+            logits[:, suppress] = -np.inf  # `run` returns a fresh array
+        chosen = chosen_ids[step] = logits.argmax(axis=-1)
+        if end_id is not None:
+            ended = running & (chosen == end_id)
+            if ended.any():
+                generated[ended] = step + 1
+                running &= ~ended
+                if not running.any():
+                    break
+        if step + 1 == max_new_tokens:
+            break
+        logits = graph.run({"input_ids": chosen[:, None],
+                            "attention_mask": np.ascontiguousarray(mask[:, :width + step + 1]),
+                            "position_ids": positions + step})
     tokens = np.full((batch, width + max_new_tokens), pad_id, np.int32)
     tokens[:, :width] = prompts
-    generated = np.zeros(batch, np.int64)
-    finished = np.zeros(batch, bool)
-    rows = np.arange(batch)
-    for step in range(max_new_tokens):
-        if suppress is not None and len(suppress):
-            logits[:, suppress] = -np.inf  # `run` returns a fresh array
-        chosen = np.argmax(logits, axis=-1)
-        active = ~finished
-        tokens[rows[active], lengths[active] + step] = chosen[active]
-        generated += active
-        finished |= generated >= max_new_tokens
-        if end_id is not None:
-            finished |= active & (chosen == end_id)
-        if finished.all():
-            break
-        logits = graph.run({"input_ids": chosen.astype(np.int64)[:, None],
-                            "attention_mask": np.ascontiguousarray(mask[:, :width + step + 1]),
-                            "position_ids": (lengths + step).astype(np.int64)[:, None]})
+    offsets = np.arange(max_new_tokens)
+    kept = offsets[None, :] < generated[:, None]
+    rows = np.broadcast_to(np.arange(batch)[:, None], kept.shape)
+    tokens[rows[kept], (lengths[:, None] + offsets[None, :])[kept]] = chosen_ids.T[kept]
     lengths = lengths + generated
     return tokens[:, :int(lengths.max())], lengths
 
