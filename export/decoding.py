@@ -57,9 +57,9 @@ def _session(path, providers, intra_op_num_threads):
     `intra_op_num_threads=None` takes all cores, except for int8 and int4 graphs, whose steps are
     too small to share. Measured on 2 cores (`bench/onnx_inference.py`'s model, ms per token,
     median of interleaved runs): fp32 1.27 this way, 1.65 with 1 thread, 1.77 with 2 threads that
-    never spin; int8 0.66 with 1 thread, 0.97 with 2; int4 (block 32, accuracy_level 4) 0.52x of
-    its time with 2 threads when on 1 (a loaded machine; fp32 there: 0.53x on 1 thread, as spinning
-    workers wait for cores that other processes hold).
+    never spin; int8 0.66 with 1 thread, 0.97 with 2. int4 (block 32, accuracy_level 4) on 1
+    thread took 0.52x its time on 2, measured on a loaded machine, where fp32 on 1 thread took
+    0.53x too: spinning workers wait for cores that other processes hold.
     """
     session = _new_session(path, providers, 0 if intra_op_num_threads is None else intra_op_num_threads)
     precision = session.get_modelmeta().custom_metadata_map.get(_PRECISION_KEY)
