@@ -299,6 +299,7 @@ def main(argv=()):
             "keras_hub_no_xla": hub_generator(hub.backbone, False),
         }, repeats, yardsticks={
             "matmul_floor": decode_matmul_floor(folder, LAYERS, D_MODEL, D_FF, VOCAB, NEW_TOKENS),
+            "matmul_floor_1_thread": decode_matmul_floor(folder, LAYERS, D_MODEL, D_FF, VOCAB, NEW_TOKENS, threads=1),
         })
     predict = keras_predict_seconds(ours, repeats)
     return report(locals())
@@ -332,6 +333,8 @@ def report(m):
         "onnx generate / keras-hub no XLA": generation["onnx"] / generation["keras_hub_no_xla"],
         "the step's MatMuls alone (fp32 floor) / keras-hub XLA": generation["matmul_floor"] / hub_xla,
         "onnx generate fp32 / the step's MatMuls alone (target <= 1.25)": generation["onnx"] / generation["matmul_floor"],
+        "onnx generate fp32 1 thread / the step's MatMuls alone, 1 thread":
+            generation["onnx_1_thread"] / generation["matmul_floor_1_thread"],
         "onnx generate int8 / the fp32 step's MatMuls alone": generation["onnx_int8"] / generation["matmul_floor"],
         "onnx generate int4 / the fp32 step's MatMuls alone": generation["onnx_int4"] / generation["matmul_floor"],
         "onnx generate int4 / fp32, ms per token (target <= 0.4)": generation["onnx_int4"] / generation["onnx"],

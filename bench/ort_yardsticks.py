@@ -71,10 +71,11 @@ def int8_matmul_ceiling(threads, repeats, rows, depth, columns):
     return times["fp32"] / times["int8"]
 
 
-def decode_matmul_floor(folder, layers, d_model, d_ff, vocab, steps):
+def decode_matmul_floor(folder, layers, d_model, d_ff, vocab, steps, threads=0):
     """`call`: `steps` single-token passes through a graph of nothing but the MatMuls of one
     decoding step (the model's weight shapes: per layer Q/K/V, output and the two feed-forward
-    maps; then the vocabulary projection), in a session made like the generator's. What fp32
+    maps; then the vocabulary projection), in a session made like the generator's with
+    `threads` intra-op threads (0: all cores, the fp32 generator's default). What fp32
     greedy decoding would cost if the graph, the attention over the cache and the host added
     nothing: every step reads all ~21 MB of float32 weights."""
     import numpy as np
@@ -102,7 +103,7 @@ def decode_matmul_floor(folder, layers, d_model, d_ff, vocab, steps):
     graph = helper.make_graph(nodes, "decode_matmuls", [step_input], outputs, weights)
     path = os.path.join(folder, "decode_matmul_floor.onnx")
     onnx.save(_model(graph), path)
-    session = _new_session(path, ["CPUExecutionProvider"], 0)
+    session = _new_session(path, ["CPUExecutionProvider"], threads)
     feeds = {"x": rng.random((1, d_model), dtype=np.float32)}
 
     def call():

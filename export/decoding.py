@@ -13,9 +13,13 @@ Write the graphs with `export.native.save_generation_graphs(model, folder)` (dec
   suppress_ids=None, allow_pad=False, return_lengths=False)`: greedy,
   sampled (`temperature > 0`, `num_beams=1`) or beam search.
 
-The decoding loop is the one the Keras models run (`keras_transformer.search`), so greedy
-tokens equal Keras's token for token. The cache of each step lives in numpy between
-steps; prompts are prefilled in one run, then one run per new token.
+Sampling and beam search run the loops the Keras models run (`keras_transformer.search`), so a
+seed draws the same tokens. Greedy decoder-only decoding left-pads the batch and prefills every
+prompt in one run, then runs once per new token (`greedy_left_padded`): the same tokens as
+Keras's loop, which feeds the longer prompts one position at a time, with
+`max(lengths) - min(lengths)` fewer runs. The cache of each step lives in numpy between steps
+(onnxruntime returns its outputs without a copy; OrtValue chaining and IO binding measured no
+faster, see `bench/onnx_inference.py`).
 
 Example:
 >>> from export.decoding import generate
@@ -32,6 +36,7 @@ from keras_transformer import search  # numpy only: loads no Keras/TensorFlow
 
 GENERATION_METADATA_KEY = "keras_transformer.generation"
 _PRECISION_KEY = "keras_transformer.precision"  # written by export.precision
+_ONE_THREAD_PRECISIONS = ("int8", "int4")  # default to one intra-op thread (see `_session`)
 _DECODER_ONLY_FILE = "decoder_with_past.onnx"
 _DEPLOY_FILE = "model.onnx"  # export.to_genai / export.to_optimum
 _ENCODER_FILE, _DECODER_FILE = "encoder.onnx", "decoder.onnx"
@@ -49,13 +54,16 @@ def _session(path, providers, intra_op_num_threads):
     A decoding step is a few small operators, then the host picks a token. Worker threads spin
     between the operators of a run but stop at its end (`session.force_spinning_stop`), so that
     they leave the cores to the host and to other processes between steps.
-    `intra_op_num_threads=None` takes all cores, except for int8 graphs, whose steps are too
-    small to share. Measured on 2 cores (`bench/onnx_inference.py`'s model, ms per token, median
-    of interleaved runs): fp32 1.27 this way, 1.65 with 1 thread, 1.77 with 2 threads that never
-    spin; int8 0.66 with 1 thread, 0.97 with 2.
+    `intra_op_num_threads=None` takes all cores, except for int8 and int4 graphs, whose steps are
+    too small to share. Measured on 2 cores (`bench/onnx_inference.py`'s model, ms per token,
+    median of interleaved runs): fp32 1.27 this way, 1.65 with 1 thread, 1.77 with 2 threads that
+    never spin; int8 0.66 with 1 thread, 0.97 with 2. int4 (block 32, accuracy_level 4) on 1
+    thread took 0.52x its time on 2, measured on a loaded machine, where fp32 on 1 thread took
+    0.53x too: spinning workers wait for cores that other processes hold.
     """
     session = _new_session(path, providers, 0 if intra_op_num_threads is None else intra_op_num_threads)
-    if intra_op_num_threads is None and session.get_modelmeta().custom_metadata_map.get(_PRECISION_KEY) == "int8":
+    precision = session.get_modelmeta().custom_metadata_map.get(_PRECISION_KEY)
+    if intra_op_num_threads is None and precision in _ONE_THREAD_PRECISIONS:
         session = _new_session(path, providers, 1)
     return session
 
@@ -116,14 +124,19 @@ class _CachedSession:
 
 
 class DecoderOnlyStepper:
-    """Stepper (see `keras_transformer.search`) over `decoder_with_past.onnx`."""
+    """Stepper (see `keras_transformer.search`) over `decoder_with_past.onnx`.
+
+    The int64 `attention_mask` and `position_ids` of every step are views of buffers made once
+    per sequence (`reset`), so a step allocates nothing on the host but what onnxruntime returns.
+    """
 
     def __init__(self, cached_session):
         self.graph = cached_session
 
     def reset(self, batch, total_length):
-        del total_length  # the cache grows by concatenation; nothing is preallocated
         self.graph.reset(batch)
+        self._ones = np.ones(batch * total_length, np.int64)  # any (batch, n <= total) mask is a view
+        self._positions = np.tile(np.arange(total_length, dtype=np.int64), (batch, 1))
 
     def step(self, new_tokens, index):
         del index  # the rows are never padded here: every row is at the cached length
@@ -132,13 +145,74 @@ class DecoderOnlyStepper:
         if "position_ids" not in self.graph.input_names:  # a folder written before position_ids
             mask = np.ones((batch, past + length), np.int32)
             return self.graph.run({"token_ids": new_tokens.astype(np.int32), "attention_mask": mask})
-        positions = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length))
+        positions = self._positions[:, past:past + length]
         return self.graph.run({"input_ids": new_tokens.astype(np.int64),
-                               "attention_mask": np.ones((batch, past + length), np.int64),
-                               "position_ids": positions})
+                               "attention_mask": self._ones[:batch * (past + length)].reshape(batch, past + length),
+                               "position_ids": positions if batch == 1 else np.ascontiguousarray(positions)})
 
     def reorder(self, rows):
         self.graph.reorder(rows)
+
+
+def greedy_left_padded(graph, prompts, lengths, max_new_tokens, end_id, pad_id, suppress):
+    """Greedy decoding with the whole batch prefilled in one run: `search.decode`'s tokens.
+
+    The prompts are left-padded (`attention_mask` 0 on the padding, `position_ids` counting each
+    row's real tokens), so every row ends at the last prefilled position and each later run
+    feeds one new token per row. `search.decode` teacher-forces the longer prompts one position
+    at a time instead (the loop the Keras models share, and the one sampling keeps, so that a
+    seed draws the same tokens), which costs `max(lengths) - min(lengths)` more runs. A row
+    sees the same tokens at the same positions either way, so the argmax is the same up to
+    float32 rounding in the two ways of computing the same logits.
+
+    Args:
+        graph: a `_CachedSession` over a graph with `position_ids`.
+        prompts, lengths: the right-padded prompt buffer and lengths (`search.prepare_prompts`).
+        max_new_tokens, end_id, pad_id, suppress: as in `search.decode`.
+
+    Returns:
+        `(tokens, lengths)` as `search.decode(..., return_lengths=True)` returns them.
+    """
+    batch, width = prompts.shape
+    real = np.arange(width)[None, :] >= (width - lengths)[:, None]  # left-padded layout
+    ids = np.full((batch, width), pad_id, np.int64)
+    ids[real] = prompts[np.arange(width)[None, :] < lengths[:, None]]
+    mask = np.ones((batch, width + max_new_tokens), np.int64)
+    mask[:, :width] = real
+    graph.reset(batch)
+    logits = graph.run({"input_ids": ids, "attention_mask": mask[:, :width],
+                        "position_ids": np.maximum(np.cumsum(real, axis=1) - 1, 0)})
+    # Each step's tokens go to row `step` of `chosen_ids`; rows of the batch that emitted end_id
+    # stop counting (`generated`), and the tokens are placed after the prompts once, at the end.
+    chosen_ids = np.empty((max_new_tokens, batch), np.int64)
+    generated = np.full(batch, max_new_tokens, np.int64)
+    running = np.ones(batch, bool)
+    positions = lengths.astype(np.int64)[:, None]
+    suppress = None if suppress is None or not len(suppress) else suppress
+    for step in range(max_new_tokens):
+        if suppress is not None:
+            logits[:, suppress] = -np.inf  # `run` returns a fresh array
+        chosen = chosen_ids[step] = logits.argmax(axis=-1)
+        if end_id is not None:
+            ended = running & (chosen == end_id)
+            if ended.any():
+                generated[ended] = step + 1
+                running &= ~ended
+                if not running.any():
+                    break
+        if step + 1 == max_new_tokens:
+            break
+        logits = graph.run({"input_ids": chosen[:, None],
+                            "attention_mask": np.ascontiguousarray(mask[:, :width + step + 1]),
+                            "position_ids": positions + step})
+    tokens = np.full((batch, width + max_new_tokens), pad_id, np.int32)
+    tokens[:, :width] = prompts
+    offsets = np.arange(max_new_tokens)
+    kept = offsets[None, :] < generated[:, None]
+    rows = np.broadcast_to(np.arange(batch)[:, None], kept.shape)
+    tokens[rows[kept], (lengths[:, None] + offsets[None, :])[kept]] = chosen_ids.T[kept]
+    lengths = lengths + generated
+    return tokens[:, :int(lengths.max())], lengths
 
 
 class EncoderDecoderStepper(DecoderOnlyStepper):
@@ -162,7 +236,7 @@ class OnnxGenerator:
             folder from `export.to_genai` / `export.to_optimum` (its `model.onnx`).
         providers: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU) or a provider list.
         intra_op_num_threads: onnxruntime threads per operator; None (default): all cores,
-            1 for int8 graphs (measured fastest, see `_session`); 0 = all cores.
+            1 for int8 and int4 graphs (measured fastest, see `_session`); 0 = all cores.
 
     Example:
     >>> generator = OnnxGenerator("out/lm")  # doctest: +SKIP
@@ -213,8 +287,12 @@ class OnnxGenerator:
         self._check_positions(int(lengths.max()) + max_new_tokens,
                               f"The longest prompt plus max_new_tokens={max_new_tokens}")
         choose = search.TokenChooser(temperature, top_k, top_p, seed)
-        tokens, lengths = search.decode(DecoderOnlyStepper(self.decoder), prompts, lengths, max_new_tokens, choose,
-                                        end_id, meta["pad_id"], suppress=suppress, return_lengths=True)
+        if choose.temperature == 0.0 and "position_ids" in self.decoder.input_names:
+            tokens, lengths = greedy_left_padded(self.decoder, prompts, lengths, max_new_tokens, end_id,
+                                                 meta["pad_id"], suppress)
+        else:
+            tokens, lengths = search.decode(DecoderOnlyStepper(self.decoder), prompts, lengths, max_new_tokens,
+                                            choose, end_id, meta["pad_id"], suppress=suppress, return_lengths=True)
         return search.generation_results(tokens, lengths, single, return_lengths)
 
     def _generate_translation(self, encoder_token_ids, max_length, start_id, end_id, num_beams=1,

@@ -102,3 +102,43 @@ def test_generation_runs_without_tensorflow_or_keras(translation_model, tmp_path
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
                             env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("precision,threads", [(None, 0), ("int8", 1), ("int4", 1)])
+def test_quantized_graphs_decode_on_one_thread_by_default(tmp_path, precision, threads):
+    import keras
+
+    keras.utils.set_random_seed(9)
+    model = DecoderOnlyTransformer(64, 1, 32, 2, 64, dropout=0.0)
+    save_generation_graphs(model, tmp_path / "graphs", precision=precision)
+    generator = OnnxGenerator(tmp_path / "graphs")
+    assert generator.decoder.session.get_session_options().intra_op_num_threads == threads
+    pinned = OnnxGenerator(tmp_path / "graphs", intra_op_num_threads=2)
+    assert pinned.decoder.session.get_session_options().intra_op_num_threads == 2
+    prompts = [[5, 6, 7], [8, 9]]
+    np.testing.assert_array_equal(generator.generate(prompts, max_new_tokens=5, temperature=0.0),
+                                  pinned.generate(prompts, max_new_tokens=5, temperature=0.0))
+
+
+def test_left_padded_greedy_equals_the_teacher_forced_loop(language_model):
+    """Greedy decoding prefills the whole batch left-padded; the shared loop teacher-forces the
+    longer prompts. Same tokens and lengths, with an end id, suppressed ids, and a right-padded
+    buffer wider than its longest prompt."""
+    from export.decoding import DecoderOnlyStepper, greedy_left_padded
+    from keras_transformer import search
+
+    _, generator = language_model
+    buffer = np.zeros((3, 8), np.int32)
+    for row, prompt in enumerate(PROMPTS):
+        buffer[row, :len(prompt)] = prompt
+    prompts, lengths, _ = search.prepare_prompts(buffer, VOCAB, 0)
+    free = generator.generate(PROMPTS, max_new_tokens=8, temperature=0.0)
+    end_id = int(free[1, 4])  # a token the second row emits
+    suppress = search.suppressed_ids(VOCAB, 0, end_id, suppress_ids=[int(free[0, 6])])
+    expected = search.decode(DecoderOnlyStepper(generator.decoder), prompts, lengths, 8, search.TokenChooser(0.0),
+                             end_id, 0, suppress=suppress, return_lengths=True)
+    got = greedy_left_padded(generator.decoder, prompts, lengths, 8, end_id, 0, suppress)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert got[1][1] < len(PROMPTS[1]) + 8  # the end id stopped a row early
+    assert int(free[0, 6]) not in got[0][0, len(PROMPTS[0]):]
