@@ -32,6 +32,7 @@ import os
 import numpy as np
 import onnxruntime
 
+from export.seq2seq_decoding import SEQ2SEQ_FILES, OptimumSeq2SeqStepper
 from keras_transformer import search  # numpy only: loads no Keras/TensorFlow
 
 GENERATION_METADATA_KEY = "keras_transformer.generation"
@@ -250,15 +251,24 @@ class OnnxGenerator:
         if os.path.isfile(path) or any(os.path.isfile(candidate) for candidate in single):
             decoder_path = path if os.path.isfile(path) else next(c for c in single if os.path.isfile(c))
             self.encoder = None
+        elif all(os.path.isfile(os.path.join(folder, name)) for name in SEQ2SEQ_FILES):  # export.to_optimum
+            self.seq2seq = {name: _session(os.path.join(folder, name), providers, intra_op_num_threads)
+                            for name in SEQ2SEQ_FILES}
+            decoder_path, self.encoder = None, None
         elif os.path.isfile(os.path.join(folder, _DECODER_FILE)) and os.path.isfile(os.path.join(folder, _ENCODER_FILE)):
             decoder_path = os.path.join(folder, _DECODER_FILE)
             self.encoder = _session(os.path.join(folder, _ENCODER_FILE), providers, intra_op_num_threads)
         else:
             raise FileNotFoundError(
                 f"`path` must be a folder holding {_DECODER_ONLY_FILE!r} or {_ENCODER_FILE!r} + "
-                f"{_DECODER_FILE!r} (from export.native.save_generation_graphs), or {_DEPLOY_FILE!r} (from "
-                f"export.to_genai); received path={path!r}."
+                f"{_DECODER_FILE!r} (from export.native.save_generation_graphs), {_DEPLOY_FILE!r} (from "
+                f"export.to_genai) or {' + '.join(SEQ2SEQ_FILES)} (from export.to_optimum); received path={path!r}."
             )
+        if decoder_path is None:
+            self.metadata = _metadata(self.seq2seq[SEQ2SEQ_FILES[-1]])
+            self.family, self.decoder = self.metadata["family"], None
+            return
+        self.seq2seq = None
         decoder = _session(decoder_path, providers, intra_op_num_threads)
         self.metadata = _metadata(decoder)
         self.family = self.metadata["family"]
@@ -314,17 +324,23 @@ class OnnxGenerator:
         self._check_positions(max(max_length + 1, sources.shape[1]), f"max_length={max_length} or the source")
         batch, pad = sources.shape[0], meta["pad_id"]
         if num_beams == 1:
-            stepper = EncoderDecoderStepper(self.encoder, self.decoder, sources)
+            stepper = self._translation_stepper(sources)
             starts = np.full((batch, 1), start_id, dtype=np.int32)
             choose = search.TokenChooser(temperature, top_k, top_p, seed)
             tokens, lengths = search.decode(stepper, starts, np.ones(batch, np.int64), max_length, choose, end_id,
                                             pad, suppress=suppress, return_lengths=True)
             tokens, lengths = tokens[:, 1:], lengths - 1  # without the start token
         else:
-            stepper = EncoderDecoderStepper(self.encoder, self.decoder, np.repeat(sources, num_beams, axis=0))
+            stepper = self._translation_stepper(np.repeat(sources, num_beams, axis=0))
             tokens, lengths = search.beam_search(stepper, batch, num_beams, max_length, start_id, end_id, pad,
                                                  length_penalty, suppress=suppress, return_lengths=True)
         return search.generation_results(tokens, lengths, single, return_lengths)
+
+
+    def _translation_stepper(self, sources):
+        if self.seq2seq is not None:
+            return OptimumSeq2SeqStepper(self.seq2seq, sources, self.metadata["pad_id"])
+        return EncoderDecoderStepper(self.encoder, self.decoder, sources)
 
 
 def generate(path, *args, providers="auto", intra_op_num_threads=None, **kwargs):

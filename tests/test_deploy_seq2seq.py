@@ -125,3 +125,14 @@ def test_kt_export_writes_the_seq2seq_folder(model, tmp_path, capsys):
                      str(START), "--end-id", str(END)]) == cli.EXIT_OK
     assert sorted(os.listdir(tmp_path / "out" / "optimum")) == sorted(
         ["config.json", "generation_config.json", *SEQ2SEQ_FILES])
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_our_runtime_generates_from_the_optimum_folder(model, tmp_path, num_beams):
+    """export.decoding drives the same three graphs optimum loads: Keras's tokens, beams included."""
+    from export.decoding import generate
+
+    export.to_optimum(model, tmp_path / "s2s", start_id=START, end_id=END)
+    expected = model.generate(SOURCES, max_length=NEW, start_id=START, end_id=END, num_beams=num_beams)
+    got = generate(tmp_path / "s2s", SOURCES, max_length=NEW, start_id=START, end_id=END, num_beams=num_beams)
+    np.testing.assert_array_equal(got, expected)

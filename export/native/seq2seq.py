@@ -18,6 +18,8 @@ padding). A source key is attended when its `attention_mask` is 1 *and* it is no
 pad id, which is Keras's mask whenever `attention_mask` marks the padding (as tokenizers do).
 """
 
+import json
+
 from export.native.blocks import emit_cross_attention_cache, emit_decoder_block, emit_encoder_block
 from export.native.graph import GraphBuilder
 from export.native.layers import emit_attention_masks, emit_key_valid, emit_positions
@@ -30,12 +32,9 @@ from export.native.models import (
     finish_stack,
     new_stream,
 )
+from export.seq2seq_decoding import DECODER_FILE, DECODER_WITH_PAST_FILE, ENCODER_FILE, SEQ2SEQ_FILES  # noqa: F401
 from keras_transformer.models import EncoderDecoderTransformer
 
-ENCODER_FILE = "encoder_model.onnx"
-DECODER_FILE = "decoder_model.onnx"
-DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"
-SEQ2SEQ_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_WITH_PAST_FILE)
 
 
 def _cache_shape(model, length_axis):
@@ -127,8 +126,18 @@ def build_seq2seq_graphs(model, opset=DEFAULT_OPSET, attention="fused"):
         raise TypeError(f"`model` must be an EncoderDecoderTransformer; received {type(model).__name__}.")
     check_supported(model, opset)
     kind = check_attention(attention, model)
-    return {
+    graphs = {
         ENCODER_FILE: _build_encoder(model, opset, kind),
         DECODER_FILE: _build_decoder(model, opset, kind, with_past=False),
         DECODER_WITH_PAST_FILE: _build_decoder(model, opset, kind, with_past=True),
     }
+    # what export.decoding needs to drive the folder, as in the other generation graphs
+    from export.decoding import GENERATION_METADATA_KEY
+    from export.native.cache import generation_metadata
+
+    metadata = {GENERATION_METADATA_KEY: json.dumps(generation_metadata(model, "encoder_decoder")),
+                "keras_transformer.native_attention": kind}
+    for proto in graphs.values():
+        for key, value in metadata.items():
+            proto.metadata_props.add(key=key, value=value)
+    return graphs
