@@ -9,7 +9,10 @@ about 6% of a whole forward pass, so neither form emits it.
 """
 
 from export.native.attention import emit_key_value_cache
-from export.native.layers import emit_attention, emit_feed_forward, emit_norm
+import keras
+
+from export.native import layers
+from export.native.layers import emit_attention, emit_feed_forward, emit_norm, emit_skip_rms_norm
 from export.native.registry import register
 from keras_transformer.layers import DecoderBlock, EncoderBlock
 
@@ -40,6 +43,9 @@ class ResidualStream:
             self.x = self.g.op("Add", self.x, y, name="residual")
         return self.x
 
+    def _skip_norm(self, layer):
+        return self.fused and layers.RMS_NORM_OPERATOR == "skip" and isinstance(layer, keras.layers.RMSNormalization)
+
     def norm(self, layer, replace):
         """LayerNorm of the current state with Keras `layer`'s weights.
 
@@ -49,7 +55,11 @@ class ResidualStream:
                 only returned (the input of the next sub-layer).
         """
         with self.g.scoped(layer.name):
-            normed = emit_norm(self.g, layer, self.value())
+            if self.pending is not None and self._skip_norm(layer):
+                (y, bias), self.pending = self.pending, None
+                normed, self.x = emit_skip_rms_norm(self.g, layer, self.x, y, bias)
+            else:
+                normed = emit_norm(self.g, layer, self.value(), fused=self.fused)
         if replace:
             self.x = normed
         return normed

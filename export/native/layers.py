@@ -87,11 +87,29 @@ def layer_norm_supported(layer):
     return list(axis) in ([-1], [2]) and not getattr(layer, "rms_scaling", False)
 
 
-def emit_norm(g, layer, x):
-    """LayerNormalization or RMSNormalization (over the last axis) of `x`."""
+# The RMS norm form of the fused graphs: None (standard ops), "simplified"
+# (SimplifiedLayerNormalization) or "skip" (SkipSimplifiedLayerNormalization with the residual
+# Add); see `bench/llama_attention.py` for the measurements behind the choice.
+RMS_NORM_OPERATOR = None
+
+
+def emit_norm(g, layer, x, fused=False):
+    """LayerNormalization or RMSNormalization (over the last axis) of `x`; `fused` allows
+    `RMS_NORM_OPERATOR` for an RMS norm."""
     if isinstance(layer, keras.layers.RMSNormalization):
+        if fused and RMS_NORM_OPERATOR is not None:
+            return g.op("SimplifiedLayerNormalization", x, g.weight("scale", _numpy(layer.scale)), axis=-1,
+                        epsilon=float(layer.epsilon), stash_type=1, name="RMSNorm")
         return emit_rms_norm(g, layer, x)
     return emit_layer_norm(g, layer, x)
+
+
+def emit_skip_rms_norm(g, layer, x, skip, bias=None):
+    """`(RMSNorm(x + skip + bias), x + skip + bias)` as one SkipSimplifiedLayerNormalization."""
+    outputs = g.op("SkipSimplifiedLayerNormalization", x, skip, g.weight("scale", _numpy(layer.scale)),
+                   bias or "", domain=MICROSOFT_DOMAIN, outputs=[None, "", "", None],
+                   epsilon=float(layer.epsilon), name="SkipRMSNorm")
+    return outputs[0], outputs[3]
 
 
 def emit_rms_norm(g, layer, x):
