@@ -97,7 +97,7 @@ def emit_norm(g, layer, x, fused=False):
     """LayerNormalization or RMSNormalization (over the last axis) of `x`; `fused` allows
     `RMS_NORM_OPERATOR` for an RMS norm."""
     if isinstance(layer, keras.layers.RMSNormalization):
-        if fused and RMS_NORM_OPERATOR is not None:
+        if fused and RMS_NORM_OPERATOR == "simplified":
             return g.op("SimplifiedLayerNormalization", x, g.weight("scale", _numpy(layer.scale)), axis=-1,
                         epsilon=float(layer.epsilon), stash_type=1, name="RMSNorm")
         return emit_rms_norm(g, layer, x)
