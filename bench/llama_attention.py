@@ -111,11 +111,13 @@ def main(argv=()):
         variants = graphs(model, folder)
         full = full_graph_seconds(variants, threads, repeats)
         decode = decode_ms_per_token(variants, repeats)
-    ratios = {shape: {name: seconds / values["fused"] for name, seconds in values.items()} for shape, values in full.items()}
+    ratios = {shape: {name: seconds / values["fused"] for name, seconds in values.items()}
+              for shape, values in full.items()}
     ratios["decode"] = {name: value / decode["fused"] for name, value in decode.items()}
     rows = [[name] + [f"{1000 * full[s][name]:.1f} ms ({ratios[s][name]:.2f})" for s in full]
             + [f"{decode[name]:.2f} ms ({ratios['decode'][name]:.2f})"] for name in variants]
-    common.print_table("Llama-shaped graphs (ratio to fused, same run)", ["graph", "1x128", "16x128", "decode/token"], rows)
+    common.print_table("Llama-shaped graphs (ratio to fused, same run)",
+                       ["graph", "1x128", "16x128", "decode/token"], rows)
     common.write_json("llama_attention", {
         "machine": common.machine_info(), "repeats": repeats, "threads": threads,
         "full_graph_ms": {s: {n: 1000 * v for n, v in values.items()} for s, values in full.items()},

@@ -13,6 +13,12 @@ def run_onnx(model, feeds):
     return session.run(None, {k: np.asarray(v) for k, v in feeds.items()})
 
 
+def empty_past(batch, kv_heads, head_dim, layers):
+    """Zero-length `past_key_values.*` feeds of a decoder-only KV-cache graph."""
+    shape = (batch, kv_heads, 0, head_dim)
+    return {f"past_key_values.{i}.{part}": np.zeros(shape, "float32") for i in range(layers) for part in ("key", "value")}
+
+
 def run_in_chunks(session, chunks, make_feeds, past):
     """Feed the chunks one after the other, passing `present.*` back as `past_key_values.*`
     (`past`: the empty caches); returns the concatenated logits and the last caches."""
@@ -37,8 +43,7 @@ def greedy_padded(session, prompts, new_tokens, side, kv_heads, head_dim, layers
     for row, prompt in enumerate(prompts):
         span = slice(width - len(prompt), width) if side == "left" else slice(0, len(prompt))
         ids[row, span], mask[row, span] = prompt, 1
-    past = {f"past_key_values.{i}.{part}": np.zeros((len(prompts), kv_heads, 0, head_dim), "float32")
-            for i in range(layers) for part in ("key", "value")}
+    past = empty_past(len(prompts), kv_heads, head_dim, layers)
     names = [o.name for o in session.get_outputs()]
     chosen, logits_seen = [], []
     feed_ids, feed_mask = ids, mask

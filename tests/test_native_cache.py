@@ -8,7 +8,7 @@ import pytest
 from export.native import build, build_decoder_with_past, build_encoder_decoder_for_generation
 from export.native import save_generation_graphs
 from keras_transformer.models import DecoderOnlyTransformer, EncoderDecoderTransformer
-from tests._native_helpers import greedy_padded, run_in_chunks, run_onnx
+from tests._native_helpers import empty_past, greedy_padded, run_in_chunks, run_onnx
 
 ATOL = 1e-4
 VOCAB, D_MODEL, HEADS, LAYERS = 40, 16, 2, 2
@@ -19,8 +19,7 @@ def _session(proto):
 
 
 def _empty_past(batch):
-    shape = (batch, HEADS, 0, D_MODEL // HEADS)
-    return {f"past_key_values.{i}.{part}": np.zeros(shape, "float32") for i in range(LAYERS) for part in ("key", "value")}
+    return empty_past(batch, HEADS, D_MODEL // HEADS, LAYERS)
 
 
 def _run_in_chunks(session, chunks, make_feeds, batch):

@@ -12,7 +12,7 @@ from export.decoding import OnnxGenerator
 from export.native import build, build_decoder_with_past, build_encoder_decoder_for_generation
 from export.native import save_generation_graphs
 from keras_transformer.models import DecoderOnlyTransformer, EncoderDecoderTransformer, EncoderOnlyTransformer
-from tests._native_helpers import greedy_padded, run_in_chunks, run_onnx
+from tests._native_helpers import empty_past, greedy_padded, run_in_chunks, run_onnx
 
 ATOL = 1e-4
 VOCAB, D_MODEL, HEADS, LAYERS = 40, 32, 4, 2  # head width 8: GroupQueryAttention's CPU minimum
@@ -50,8 +50,7 @@ def _session(proto):
 
 
 def _empty_past(batch, kv_heads):
-    shape = (batch, kv_heads, 0, HEAD_DIM)
-    return {f"past_key_values.{i}.{part}": np.zeros(shape, "float32") for i in range(LAYERS) for part in ("key", "value")}
+    return empty_past(batch, kv_heads, HEAD_DIM, LAYERS)
 
 
 @pytest.mark.parametrize("kv_heads,rotary,scale", CONFIGS)
@@ -145,7 +144,8 @@ def test_bidirectional_encoder_uses_group_query_attention_without_causality(kv_h
     ids = np.random.default_rng(5).integers(1, VOCAB, size=(2, 7)).astype("int32")
     ids[1, 4:] = 0  # padded keys: the attention_bias
     proto = build(model)
-    causal = {a.i for n in proto.graph.node if n.op_type == "GroupQueryAttention" for a in n.attribute if a.name == "causal"}
+    causal = {attribute.i for node in proto.graph.node if node.op_type == "GroupQueryAttention"
+              for attribute in node.attribute if attribute.name == "causal"}
     assert _form(proto) == "fused" and causal == {0}
     np.testing.assert_allclose(run_onnx(proto, {"token_ids": ids})[0], np.asarray(model(ids)), atol=ATOL)
 
@@ -164,7 +164,8 @@ def test_encoder_decoder_grouped_cross_attention_is_portable(kv_heads, form):
     expected = np.asarray(model({"encoder_token_ids": source, "decoder_token_ids": target}))
     proto = build(model)
     assert _form(proto) == form
-    assert _ops(proto) == ({"GroupQueryAttention", "RotaryEmbedding", "MultiHeadAttention"} if form == "fused" else set())
+    fused_ops = {"GroupQueryAttention", "RotaryEmbedding", "MultiHeadAttention"}
+    assert _ops(proto) == (fused_ops if form == "fused" else set())
     np.testing.assert_allclose(run_onnx(proto, {"encoder_token_ids": source, "decoder_token_ids": target})[0],
                                expected, atol=ATOL)
     encoder, decoder = (_session(p) for p in build_encoder_decoder_for_generation(model))
@@ -183,3 +184,32 @@ def test_head_width_not_a_multiple_of_8_is_written_portable():
     proto = build(model, attention="fused")
     assert _form(proto) == "portable" and not _ops(proto)
     np.testing.assert_allclose(run_onnx(proto, {"token_ids": ids})[0], np.asarray(model(ids)), atol=ATOL)
+
+
+def test_rotary_inside_the_operator_for_head_width_16():
+    """Positions the same for every row (a Range) and head width 16: `do_rotary` on packed Q/K/V
+    in the full graph and the encoder-decoder's decoder; the decoder-only cache graph, fed
+    per-row `position_ids`, keeps the separate RotaryEmbedding."""
+    model = _llama(d_model=64)
+    ids = np.random.default_rng(8).integers(1, VOCAB, size=(2, 9)).astype("int32")
+    expected = np.asarray(model(ids))
+    proto = build(model)
+    rotary = {a.i for n in proto.graph.node if n.op_type == "GroupQueryAttention" for a in n.attribute
+              if a.name == "do_rotary"}
+    assert rotary == {1} and "RotaryEmbedding" not in _ops(proto)
+    np.testing.assert_allclose(run_onnx(proto, {"token_ids": ids})[0], expected, atol=ATOL)
+    cached = build_decoder_with_past(model)
+    assert "RotaryEmbedding" in _ops(cached)
+    logits, _ = run_in_chunks(_session(cached), [ids[:, :4], ids[:, 4:5], ids[:, 5:]], _feeds,
+                              empty_past(2, 2, 16, LAYERS))
+    np.testing.assert_allclose(logits, expected, atol=ATOL)
+    keras.utils.set_random_seed(9)
+    seq2seq = EncoderDecoderTransformer(VOCAB, 1, LAYERS, d_model=64, num_heads=HEADS, d_ff=32, positional="rotary")
+    source, target = ids[:, :7], ids[:, 2:8]
+    expected = np.asarray(seq2seq({"encoder_token_ids": source, "decoder_token_ids": target}))
+    encoder, decoder = (_session(p) for p in build_encoder_decoder_for_generation(seq2seq))
+    names = [o.name for o in encoder.get_outputs()]
+    encoded = dict(zip(names, encoder.run(names, {"encoder_token_ids": source})))
+    logits, _ = run_in_chunks(decoder, [target[:, :1], target[:, 1:3], target[:, 3:]],
+                              lambda chunk, _: {"decoder_token_ids": chunk, **encoded}, empty_past(2, HEADS, 16, LAYERS))
+    np.testing.assert_allclose(logits, expected, atol=ATOL)

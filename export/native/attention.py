@@ -1,13 +1,18 @@
 """ONNX emitters for `MultiHeadAttention`: fused (onnxruntime contrib) and portable forms.
 
-- `"fused"`: for plain multi-head attention (as many key/value heads as query heads, no rotary
-  positions, the default scale) self-attention without a cache is one `com.microsoft.Attention`
-  (projection and attention in one operator); with a cache, and for cross-attention, the
-  projections are MatMuls and the attention is one `com.microsoft.MultiHeadAttention`
-  (past/present keys and values, key-padding mask, causal flag).
-- `"portable"`, and every configuration the fused operators do not cover (grouped-query
-  attention, rotary positions, another scale): standard MatMul/Softmax ops, with the rotary
-  rotation and the key/value head sharing written out.
+- `"fused"` (`fused_operator` says which operator a layer gets):
+  - plain multi-head attention (as many key/value heads as query heads, no rotary positions; any
+    scale, passed as the operators' `scale`): self-attention without a cache is one
+    `com.microsoft.Attention` (projection and attention in one operator); with a cache, and for
+    cross-attention, the projections are MatMuls and the attention is one
+    `com.microsoft.MultiHeadAttention` (past/present keys and values, key-padding mask, causal flag);
+  - grouped-query and/or rotary self-attention, causal or not, with or without a cache: one
+    `com.microsoft.GroupQueryAttention` after `com.microsoft.RotaryEmbedding`
+    (`export.native.grouped_attention`, where its exactness conditions are written down);
+  - grouped-query cross-attention, and head widths that are not a multiple of 8, have no fused
+    operator: `export.native.models.check_attention` writes such a model in the portable form.
+- `"portable"`: standard MatMul/Softmax ops, with the rotary rotation and the key/value head
+  sharing written out.
 
 Projections go through `export.native.projections`, so LoRA (merged kernels) and Keras-quantized
 projections (integer weights, `MatMulInteger`/`MatMulNBits`) work in every form; the fused

@@ -5,11 +5,12 @@ cache, is one `GroupQueryAttention` node (onnxruntime >= 1.32 schema: `kv_num_he
 `causal`, `attention_bias`), after one `com.microsoft.RotaryEmbedding` per query/key when the
 layer is rotary. What each input reproduces:
 
-- Rotary positions: a separate `RotaryEmbedding` node fed by the graph's positions, not the
-  operator's `do_rotary`, because `do_rotary` takes the first prompt's positions from
-  `position_ids[0, 0]` only (every row from the same start), which a left-padded batch breaks.
-  Its cos/sin cache is computed in the graph up to the largest position fed, so no length limit
-  is baked in.
+- Rotary positions: where every row has the same positions (a `Range`: full-sequence graphs,
+  the encoder-decoder's decoder) and the head width is a multiple of 16, the operator rotates
+  (`do_rotary`, packed Q/K/V input); otherwise (the decoder-only cache graph's `position_ids`) a
+  separate `com.microsoft.RotaryEmbedding` per query/key, because `do_rotary` takes a prompt's
+  positions from `position_ids[0, 0]` only, which a left-padded batch breaks. The cos/sin cache
+  is computed in the graph up to the largest position fed, so no length limit is baked in.
 - Masks: the operator treats every row as `past + new` keys long (`seqlens_k = total - 1`, no
   right-padding semantics) and applies causality by cache index, as Keras does; padded keys
   (`attention_mask` 0, left or right) are hidden by an additive `attention_bias` of -1e9.
@@ -75,21 +76,40 @@ def _padding_bias(g, query, key_padding_mask):
 def _rotary_tables(g, layer, positions):
     """cos/sin caches `(max(positions) + 1, head_dim / 2)` of `layer`'s RotaryEmbedding."""
     rotary, head_dim = layer.rotary_embedding, layer.head_dim
-    # The float32 inverse frequencies of `RotaryEmbedding.cos_sin` (positions are divided by
-    # the scaling factor first there; dividing the frequencies is the same product in float32
-    # up to one rounding, far inside the export tolerance).
     exponents = np.arange(0, head_dim, 2, dtype="float32") / np.float32(head_dim)
-    inverse = (np.float32(1.0) / np.power(np.float32(rotary.max_wavelength), exponents)).astype("float32")
+    # `RotaryEmbedding.cos_sin` divides the positions by the scaling factor; dividing the
+    # frequencies instead differs by one float32 rounding, far inside the export tolerance.
+    inverse = (1.0 / np.power(np.float32(rotary.max_wavelength), exponents) / rotary.scaling_factor).astype("float32")
     count = g.op("Add", g.op("ReduceMax", g.op("Reshape", positions, g.constant([-1])), keepdims=0), g.constant(1))
-    table_positions = g.op("Cast", g.op("Range", g.constant(0), count, g.constant(1)), to=1)
-    scaled = g.op("Div", table_positions, g.constant(rotary.scaling_factor, "float32"))
-    angles = g.op("Mul", g.op("Unsqueeze", scaled, g.constant([-1])), g.weight("rotary_half_frequencies", inverse))
+    # Node names ending in positions_float / positions_column / angles stay float32 under
+    # `export.precision`'s fp16 conversion (positions past 2048 are not float16 integers).
+    table_positions = g.op("Cast", g.op("Range", g.constant(0), count, g.constant(1)), to=1, name="positions_float")
+    column = g.op("Unsqueeze", table_positions, g.constant([-1]), name="positions_column")
+    angles = g.op("Mul", column, g.weight("rotary_half_frequencies", inverse), name="angles")
     return g.op("Cos", angles, name="rotary_cos_cache"), g.op("Sin", angles, name="rotary_sin_cache")
 
 
 def _rotary_positions(g, query, positions):
     """The `(B, T)` `position_ids` of `RotaryEmbedding` from `(T,)` or `(B, T)` positions."""
     return g.op("Expand", positions, g.op("Shape", query, start=0, end=2), name="rotary_position_ids")
+
+
+# Rotate inside GroupQueryAttention (`do_rotary`, packed Q/K/V input) where that is exact: 16 x 128
+# full graph 0.91x the time of separate RotaryEmbedding nodes, 1 x 128 equal (bench/llama_attention.py).
+ROTARY_IN_OPERATOR = True
+
+
+def _same_for_every_row(g, positions):
+    """True for `(T,)` positions written by a `Range` (`start .. start + T - 1`, every row)."""
+    return ROTARY_IN_OPERATOR and any(node.op_type == "Range" and positions in node.output for node in g.nodes)
+
+
+def _packed_input(g, q):
+    """The `(B, T, (heads + 2 kv_heads) d_k)` Q/K/V MatMul output `q` was split from, or None."""
+    for node in g.nodes:
+        if node.op_type == "Split" and q == node.output[0] and len(node.output) == 3:
+            return node.input[0]
+    return None
 
 
 def emit_grouped_attention(g, layer, q, k, v, causal=False, key_padding_mask=None, past=None, positions=None):
@@ -107,24 +127,32 @@ def emit_grouped_attention(g, layer, q, k, v, causal=False, key_padding_mask=Non
     Returns:
         `[output]`, or `[output, present_key, present_value]` with `past`.
     """
+    rotary_inputs, rotary = ["", ""], {}
     if layer.rotary_embedding is not None:
         cos, sin = _cached(g, ("rotary", layer.rotary_embedding.max_wavelength,
                                layer.rotary_embedding.scaling_factor, layer.head_dim, positions),
                            lambda: _rotary_tables(g, layer, positions))
+    if layer.rotary_embedding is not None and layer.head_dim % 16 == 0 and _same_for_every_row(g, positions):
+        rotary_inputs, rotary = [cos, sin], {"do_rotary": 1}
+        packed = _packed_input(g, q)
+        if packed is not None:
+            q, k, v = packed, "", ""
+    elif layer.rotary_embedding is not None:
         position_ids = _cached(g, ("rotary_positions", positions), lambda: _rotary_positions(g, q, positions))
         q, k = (g.op("RotaryEmbedding", t, position_ids, cos, sin, domain=MICROSOFT_DOMAIN, num_heads=heads,
                      name=f"rotary_{part}")
                 for t, heads, part in ((q, layer.num_heads, "q"), (k, layer.kv_heads, "k")))
-    seqlens, total, query_seqlens = _cached(g, ("lengths", positions, key_padding_mask, past is None), lambda: _lengths(g, q, past))
+    seqlens, total, query_seqlens = _cached(g, ("lengths", positions, key_padding_mask, past is None),
+                                            lambda: _lengths(g, q, past))
     bias = ""
     if key_padding_mask is not None:
         bias = _cached(g, ("padding_bias", key_padding_mask), lambda: _padding_bias(g, q, key_padding_mask))
     past_inputs = list(past) if past is not None else ["", ""]
     scale = {} if layer.scale is None else {"scale": float(layer.scale)}  # default 1/sqrt(d_k)
     outputs = g.op(
-        "GroupQueryAttention", q, k, v, *past_inputs, seqlens, total, "", "", "", bias, "", "", "", "", "",
-        query_seqlens if causal else "",
+        "GroupQueryAttention", q, k, v, *past_inputs, seqlens, total, *rotary_inputs, "", bias, "", "", "", "",
+        "", query_seqlens if causal else "",
         domain=MICROSOFT_DOMAIN, outputs=3, num_heads=layer.num_heads, kv_num_heads=layer.kv_heads,
-        causal=int(bool(causal)), **scale,
+        causal=int(bool(causal)), **scale, **rotary,
     )
     return list(outputs) if past is not None else [outputs[0]]
