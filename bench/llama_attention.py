@@ -1,12 +1,13 @@
 """Llama-shaped ONNX graphs: the fused attention form (`GroupQueryAttention`) against the portable one.
 
 `.venv/bin/python -m bench llama_attention [--quick]`. The model: our `DecoderOnlyTransformer`
-with vocab 8000, 4 layers, d_model 256, 8 query heads sharing 2 key/value heads (head width 32),
-rotary positions, RMS norm, gated SiLU feed-forward (d_ff 688), no biases, untied logits. Measured
+with vocab 8000, 4 layers, d_model 512, 8 query heads sharing 2 key/value heads (head width 64),
+rotary positions, RMS norm, gated SiLU feed-forward (d_ff 1376), no biases, untied logits. Measured
 in one run, the graphs taking turns (`bench.common.interleaved`, order reversed every other round):
 
-* full-graph latency at 1 x 128 and 16 x 128, all cores: `fused` (GroupQueryAttention +
-  RotaryEmbedding, RMS norm as standard ops), `portable` (MatMul/Softmax, rotary and head
+* full-graph latency at 1 x 128 and 16 x 128, all cores: `fused` (GroupQueryAttention rotating
+  itself, RMS norm as standard ops), `fused_separate_rotary` (com.microsoft.RotaryEmbedding
+  nodes before it, the cache graph's form), `portable` (MatMul/Softmax, rotary and head
   sharing written out), and the fused form with the RMS norms as onnxruntime operators:
   `fused_simplified_norm` (`SimplifiedLayerNormalization`) and `fused_skip_norm`
   (`SkipSimplifiedLayerNormalization`, the residual Add included);
@@ -25,9 +26,16 @@ from unittest import mock
 from bench import common
 from bench.ort_yardsticks import ort_session
 
-VOCAB, LAYERS, D_MODEL, HEADS, KV_HEADS, D_FF = 8000, 4, 256, 8, 2, 688
+VOCAB, LAYERS, D_MODEL, HEADS, KV_HEADS, D_FF = 8000, 4, 512, 8, 2, 1376
 PROMPT, NEW_TOKENS = 16, 64
-NORM_VARIANTS = {"fused": None, "fused_simplified_norm": "simplified", "fused_skip_norm": "skip"}
+# name: (attention, RMS norm operator, rotary inside GroupQueryAttention where exact)
+VARIANTS = {
+    "fused": ("fused", None, True),
+    "fused_separate_rotary": ("fused", None, False),
+    "fused_simplified_norm": ("fused", "simplified", True),
+    "fused_skip_norm": ("fused", "skip", True),
+    "portable": ("portable", None, True),
+}
 
 
 def build_model():
@@ -47,31 +55,30 @@ def build_model():
 
 
 @contextlib.contextmanager
-def rms_norm_operator(name):
-    """Build graphs with `export.native.layers.RMS_NORM_OPERATOR = name`. The default-domain
+def variant_switches(rms_norm, rotary_in_operator):
+    """Build graphs with `export.native.layers.RMS_NORM_OPERATOR = rms_norm` and
+    `export.native.grouped_attention.ROTARY_IN_OPERATOR = rotary_in_operator`. The default-domain
     `SimplifiedLayerNormalization` is an onnxruntime operator the ONNX checker does not know, so
     the checker is off while building that variant (measured here only)."""
-    from export.native import layers
+    from export.native import grouped_attention, layers
 
-    saved = layers.RMS_NORM_OPERATOR
-    layers.RMS_NORM_OPERATOR = name
-    unchecked = mock.patch("onnx.checker.check_model") if name == "simplified" else contextlib.nullcontext()
+    saved = layers.RMS_NORM_OPERATOR, grouped_attention.ROTARY_IN_OPERATOR
+    layers.RMS_NORM_OPERATOR, grouped_attention.ROTARY_IN_OPERATOR = rms_norm, rotary_in_operator
+    unchecked = mock.patch("onnx.checker.check_model") if rms_norm == "simplified" else contextlib.nullcontext()
     try:
         with unchecked:
             yield
     finally:
-        layers.RMS_NORM_OPERATOR = saved
+        layers.RMS_NORM_OPERATOR, grouped_attention.ROTARY_IN_OPERATOR = saved
 
 
 def graphs(model, folder):
     """`{variant: (full_graph_bytes, generation_folder)}`."""
     from export.native import build, save_generation_graphs
 
-    variants = {**NORM_VARIANTS, "portable": None}
     result = {}
-    for name, norm in variants.items():
-        attention = "portable" if name == "portable" else "fused"
-        with rms_norm_operator(norm):
+    for name, (attention, norm, rotary_in_operator) in VARIANTS.items():
+        with variant_switches(norm, rotary_in_operator):
             proto = build(model, attention=attention)
             generation = os.path.join(folder, name)
             save_generation_graphs(model, generation, attention=attention)
