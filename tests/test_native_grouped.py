@@ -213,3 +213,16 @@ def test_rotary_inside_the_operator_for_head_width_16():
     logits, _ = run_in_chunks(decoder, [target[:, :1], target[:, 1:3], target[:, 3:]],
                               lambda chunk, _: {"decoder_token_ids": chunk, **encoded}, empty_past(2, HEADS, 16, LAYERS))
     np.testing.assert_allclose(logits, expected, atol=ATOL)
+
+
+def test_int4_cache_graph_of_an_rms_norm_model_is_valid():
+    """The int4 quantizer raises the opset to 21; the RMS norm's ReduceMean (opset 17: `axes`
+    attribute) is rewritten with an `axes` input, so onnxruntime loads the graph."""
+    from export.precision import convert
+
+    model = _llama()
+    proto = convert(build_decoder_with_past(model), "int4")
+    assert "MatMulNBits" in {node.op_type for node in proto.graph.node}
+    ids = np.random.default_rng(10).integers(1, VOCAB, size=(2, 6)).astype("int32")
+    logits, _ = run_in_chunks(_session(proto), [ids[:, :4], ids[:, 4:]], _feeds, _empty_past(2, 2))
+    assert np.isfinite(logits).all() and logits.shape == (2, 6, VOCAB)
