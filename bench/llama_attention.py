@@ -1,8 +1,8 @@
 """Llama-shaped ONNX graphs: the fused attention form (`GroupQueryAttention`) against the portable one.
 
 `.venv/bin/python -m bench llama_attention [--quick]`. The model: our `DecoderOnlyTransformer`
-with vocab 8000, 4 layers, d_model 512, 8 query heads sharing 2 key/value heads (head width 64),
-rotary positions, RMS norm, gated SiLU feed-forward (d_ff 1376), no biases, untied logits. Measured
+with vocab 8000, 4 layers, d_model 256, 8 query heads sharing 2 key/value heads (head width 32),
+rotary positions, RMS norm, gated SiLU feed-forward (d_ff 688), no biases, untied logits. Measured
 in one run, the graphs taking turns (`bench.common.interleaved`, order reversed every other round):
 
 * full-graph latency at 1 x 128 and 16 x 128, all cores: `fused` (GroupQueryAttention rotating
@@ -26,7 +26,7 @@ from unittest import mock
 from bench import common
 from bench.ort_yardsticks import ort_session
 
-VOCAB, LAYERS, D_MODEL, HEADS, KV_HEADS, D_FF = 8000, 4, 512, 8, 2, 1376
+VOCAB, LAYERS, D_MODEL, HEADS, KV_HEADS, D_FF = 8000, 4, 256, 8, 2, 688
 PROMPT, NEW_TOKENS = 16, 64
 # name: (attention, RMS norm operator, rotary inside GroupQueryAttention where exact)
 VARIANTS = {
