@@ -111,8 +111,9 @@ def check_attention(attention, model=None):
 
     `"fused"` writes every attention layer as one onnxruntime operator
     (`export.native.attention.fused_operator`: `Attention`/`MultiHeadAttention`, or
-    `GroupQueryAttention` for grouped-query/rotary self-attention); a model with a grouped-query
-    cross-attention, which no fused operator computes, is written `"portable"`.
+    `GroupQueryAttention` for grouped-query/rotary self-attention); a model with an attention no
+    fused operator computes (grouped-query cross-attention; grouped-query/rotary attention whose
+    head width is not a multiple of 8) is written `"portable"`.
     """
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"`attention` must be one of {list(ATTENTION_KINDS)}; received attention={attention!r}.")
