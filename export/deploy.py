@@ -10,9 +10,10 @@ both consumers (and `export.decoding.generate`):
   runtimes build from prompts of different lengths) give each row its own tokens.
 * `genai_config.json`: onnxruntime-genai's `"decoder"` model type, the names and sizes above,
   search defaults (greedy, `max_length` = the model's context), eos/pad/bos ids.
-  `past_present_share_buffer` is false: onnxruntime's `MultiHeadAttention` (our cache attention)
-  takes a key-padding mask as long as past + new keys, while genai's shared buffer passes a past
-  as long as the whole context; only `GroupQueryAttention` graphs take that form.
+  `past_present_share_buffer` is false: genai's shared buffer passes a past as long as the whole
+  context, while our cache graphs take the past length from the past's shape (`MultiHeadAttention`
+  takes a key-padding mask as long as past + new keys; our `GroupQueryAttention` computes its
+  `seqlens_k` from it).
 * `config.json` + `generation_config.json`: a Hugging Face config (`model_type` "llama", whose
   cache layout and `position_ids` are those of the graph) for optimum's
   `ORTModelForCausalLM.from_pretrained(folder)`.

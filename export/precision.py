@@ -180,9 +180,27 @@ def to_int4(model_proto, block_size=32, accuracy_level=4):
     finally:
         logger.setLevel(level)
     quantized = quantizer.model.model
+    _reduce_axes_as_inputs(quantized)
     _copy_metadata(model_proto, quantized, "int4")
     quantized.ir_version = max(quantized.ir_version, model_proto.ir_version)
     return quantized
+
+
+def _reduce_axes_as_inputs(model_proto):
+    """Move the `axes` attribute of Reduce* nodes to an input (in place) once the model's opset
+    is 18 or more: the int4 quantizer raises the opset to 21 (int4 tensors) without rewriting the
+    nodes whose signature changed at 18 (e.g. the RMS norm's ReduceMean of an opset-17 graph)."""
+    if next(o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")) < 18:
+        return
+    for node in model_proto.graph.node:
+        axes = [a for a in node.attribute if a.name == "axes"]
+        if node.domain in ("", "ai.onnx") and node.op_type.startswith("Reduce") and axes:
+            name = f"{node.name or node.output[0]}/axes"
+            model_proto.graph.initializer.append(numpy_helper.from_array(np.asarray(axes[0].ints, "int64"), name))
+            node.attribute.remove(axes[0])
+            inputs = list(node.input) + [name]
+            del node.input[:]
+            node.input.extend(inputs)
 
 
 def fold_weight_transposes(model_proto):

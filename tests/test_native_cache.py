@@ -8,7 +8,7 @@ import pytest
 from export.native import build, build_decoder_with_past, build_encoder_decoder_for_generation
 from export.native import save_generation_graphs
 from keras_transformer.models import DecoderOnlyTransformer, EncoderDecoderTransformer
-from tests._native_helpers import run_onnx
+from tests._native_helpers import empty_past, greedy_padded, run_in_chunks, run_onnx
 
 ATOL = 1e-4
 VOCAB, D_MODEL, HEADS, LAYERS = 40, 16, 2, 2
@@ -19,22 +19,14 @@ def _session(proto):
 
 
 def _empty_past(batch):
-    shape = (batch, HEADS, 0, D_MODEL // HEADS)
-    return {f"past_key_values.{i}.{part}": np.zeros(shape, "float32") for i in range(LAYERS) for part in ("key", "value")}
+    return empty_past(batch, HEADS, D_MODEL // HEADS, LAYERS)
 
 
 def _run_in_chunks(session, chunks, make_feeds, batch):
-    """Feed the chunks one after the other, passing `present.*` back as `past_key_values.*`."""
-    names = [o.name for o in session.get_outputs()]
-    past, logits, position = _empty_past(batch), [], 0
-    for chunk in chunks:
-        outputs = dict(zip(names, session.run(names, {**make_feeds(chunk, position), **past})))
-        logits.append(outputs["logits"])
-        past = {name.replace("present", "past_key_values"): value
-                for name, value in outputs.items() if name.startswith("present")}
-        position += chunk.shape[1]
+    logits, past = run_in_chunks(session, chunks, make_feeds, _empty_past(batch))
+    position = sum(chunk.shape[1] for chunk in chunks)
     assert past["past_key_values.0.key"].shape == (batch, HEADS, position, D_MODEL // HEADS)
-    return np.concatenate(logits, axis=1)
+    return logits
 
 
 @pytest.mark.parametrize("attention", ["fused", "portable"])
@@ -72,36 +64,6 @@ def test_decoder_with_past_attention_mask_hides_positions():
     assert np.abs(results["fused", "masked"][0] - results["fused", "plain"][0]).max() > 1e-3
 
 
-def _greedy_padded(session, prompts, new_tokens, side, kv_heads=HEADS, head_dim=D_MODEL // HEADS, layers=LAYERS):
-    """Greedy decoding of a padded batch the way the deployment runtimes drive the graph:
-    padding hidden by `attention_mask`, positions `cumsum(attention_mask) - 1`; returns each
-    row's new tokens and the logits of every step, `(batch, steps, vocab)`."""
-    width = max(len(p) for p in prompts)
-    ids = np.zeros((len(prompts), width), "int64")
-    mask = np.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        span = slice(width - len(prompt), width) if side == "left" else slice(0, len(prompt))
-        ids[row, span], mask[row, span] = prompt, 1
-    past = {f"past_key_values.{i}.{part}": np.zeros((len(prompts), kv_heads, 0, head_dim), "float32")
-            for i in range(layers) for part in ("key", "value")}
-    names = [o.name for o in session.get_outputs()]
-    chosen, logits_seen = [], []
-    feed_ids, feed_mask = ids, mask
-    last = np.array([width - 1 if side == "left" else len(p) - 1 for p in prompts])
-    for step in range(new_tokens):
-        positions = np.maximum(np.cumsum(feed_mask, axis=1) - 1, 0)[:, -feed_ids.shape[1]:]
-        outputs = dict(zip(names, session.run(names, {"input_ids": feed_ids, "attention_mask": feed_mask,
-                                                       "position_ids": positions, **past})))
-        logits = outputs["logits"][np.arange(len(prompts)), last if step == 0 else -1]
-        logits_seen.append(logits)
-        chosen.append(logits.argmax(-1))
-        past = {name.replace("present", "past_key_values"): value
-                for name, value in outputs.items() if name.startswith("present")}
-        feed_ids = chosen[-1][:, None].astype("int64")
-        feed_mask = np.concatenate([feed_mask, np.ones((len(prompts), 1), "int64")], axis=1)
-    return np.stack(chosen, 1), np.stack(logits_seen, 1)
-
-
 def _llama(vocab=VOCAB):
     return DecoderOnlyTransformer(vocab, LAYERS, D_MODEL, 4, 32, num_key_value_heads=2, positional="rotary",
                                   normalization="rms_norm", activation="silu", gated_feed_forward=True,
@@ -125,9 +87,9 @@ def test_padded_batch_rows_get_their_own_tokens(shape, side):
     session = _session(build_decoder_with_past(model, attention=attention))
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
     kwargs = dict(kv_heads=kv_heads, head_dim=head_dim)
-    tokens, logits = _greedy_padded(session, prompts, 6, side, **kwargs)
+    tokens, logits = greedy_padded(session, prompts, 6, side, **kwargs)
     for row, prompt in enumerate(prompts):
-        alone_tokens, alone_logits = _greedy_padded(session, [prompt], 6, side, **kwargs)
+        alone_tokens, alone_logits = greedy_padded(session, [prompt], 6, side, **kwargs)
         np.testing.assert_array_equal(tokens[row], alone_tokens[0])
         np.testing.assert_allclose(logits[row], alone_logits[0], atol=ATOL)
 

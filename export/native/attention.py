@@ -1,13 +1,18 @@
 """ONNX emitters for `MultiHeadAttention`: fused (onnxruntime contrib) and portable forms.
 
-- `"fused"`: for plain multi-head attention (as many key/value heads as query heads, no rotary
-  positions, the default scale) self-attention without a cache is one `com.microsoft.Attention`
-  (projection and attention in one operator); with a cache, and for cross-attention, the
-  projections are MatMuls and the attention is one `com.microsoft.MultiHeadAttention`
-  (past/present keys and values, key-padding mask, causal flag).
-- `"portable"`, and every configuration the fused operators do not cover (grouped-query
-  attention, rotary positions, another scale): standard MatMul/Softmax ops, with the rotary
-  rotation and the key/value head sharing written out.
+- `"fused"` (`fused_operator` says which operator a layer gets):
+  - plain multi-head attention (as many key/value heads as query heads, no rotary positions; any
+    scale, passed as the operators' `scale`): self-attention without a cache is one
+    `com.microsoft.Attention` (projection and attention in one operator); with a cache, and for
+    cross-attention, the projections are MatMuls and the attention is one
+    `com.microsoft.MultiHeadAttention` (past/present keys and values, key-padding mask, causal flag);
+  - grouped-query and/or rotary self-attention, causal or not, with or without a cache: one
+    `com.microsoft.GroupQueryAttention` after `com.microsoft.RotaryEmbedding`
+    (`export.native.grouped_attention`, where its exactness conditions are written down);
+  - grouped-query cross-attention, and head widths that are not a multiple of 8, have no fused
+    operator: `export.native.models.check_attention` writes such a model in the portable form.
+- `"portable"`: standard MatMul/Softmax ops, with the rotary rotation and the key/value head
+  sharing written out.
 
 Projections go through `export.native.projections`, so LoRA (merged kernels) and Keras-quantized
 projections (integer weights, `MatMulInteger`/`MatMulNBits`) work in every form; the fused
@@ -27,6 +32,7 @@ import math
 import numpy as np
 
 from export.native.graph import MICROSOFT_DOMAIN
+from export.native.grouped_attention import emit_grouped_attention, supports_grouped
 from export.native.projections import (
     emit_fused_projections,
     emit_projection,
@@ -39,8 +45,18 @@ MASKED_LOGIT = -1e9
 
 
 def is_plain(layer):
-    """True when the fused operators compute `layer` exactly (no GQA, rotary or custom scale)."""
-    return layer.kv_heads == layer.num_heads and layer.rotary_embedding is None and layer.scale is None
+    """True when `Attention`/`MultiHeadAttention` compute `layer` (no GQA or rotary; any scale)."""
+    return layer.kv_heads == layer.num_heads and layer.rotary_embedding is None
+
+
+def fused_operator(layer, cross_attention=False):
+    """The onnxruntime operator of `layer` in the fused form, or None (portable form):
+    `GroupQueryAttention` for grouped-query or rotary self-attention, `MultiHeadAttention` (or
+    `Attention`) for the rest, portable for grouped-query cross-attention and for head widths
+    that are not a multiple of 8 (`GroupQueryAttention`'s CPU kernel rejects them)."""
+    if is_plain(layer):
+        return "MultiHeadAttention"
+    return None if cross_attention or layer.head_dim % 8 else "GroupQueryAttention"
 
 
 def _is_float(layers):
@@ -79,6 +95,7 @@ def emit_attention(g, layer, query, kind="fused", memory=None, key_padding_mask=
     projections = layer.projections
     q_layer, k_layer, v_layer = projections["query"], projections["key"], projections["value"]
     fused = kind == "fused" and is_plain(layer)
+    grouped = kind == "fused" and not fused and supports_grouped(memory, bias)
     if memory is None and past is None and fused and _is_float([q_layer, k_layer, v_layer]):
         attended = _fused_self_attention(g, layer, query, key_padding_mask, bias, causal)
         return _output_projection(g, layer, attended), output_bias(g, layer)
@@ -92,6 +109,8 @@ def emit_attention(g, layer, query, kind="fused", memory=None, key_padding_mask=
         k, v = emit_fused_projections(g, [k_layer, v_layer], memory, "kv")
     if fused:
         outputs = _fused_attention(g, layer, q, k, v, key_padding_mask, bias, causal, past)
+    elif grouped:
+        outputs = emit_grouped_attention(g, layer, q, k, v, causal, key_padding_mask, past, positions)
     else:
         if key_padding_mask is not None or causal:
             raise ValueError("The portable attention takes its masks as an additive `bias` only.")
@@ -106,6 +125,11 @@ def _output_projection(g, layer, attended):
     return emit_projection(g, layer.output_dense, attended, "output", bias=False)
 
 
+def _scale(layer):
+    """The operators' `scale` attribute: only a custom scale (their default is 1/sqrt(d_k))."""
+    return {} if layer.scale is None else {"scale": float(layer.scale)}
+
+
 def _fused_self_attention(g, layer, x, key_padding_mask, bias, causal):
     """com.microsoft.Attention: Q/K/V projection and attention in one operator."""
     names = ("query", "key", "value")
@@ -115,7 +139,7 @@ def _fused_self_attention(g, layer, x, key_padding_mask, bias, causal):
     return g.op(
         "Attention", x, g.weight("qkv_kernel", kernel), g.weight("qkv_bias", qkv_bias),
         key_padding_mask or "", "", bias or "", domain=MICROSOFT_DOMAIN, num_heads=layer.num_heads,
-        unidirectional=int(bool(causal)), mask_filter_value=MASKED_LOGIT,
+        unidirectional=int(bool(causal)), mask_filter_value=MASKED_LOGIT, **_scale(layer),
     )
 
 
@@ -126,7 +150,7 @@ def _fused_attention(g, layer, q, k, v, key_padding_mask, bias, causal, past):
     outputs = g.op(
         "MultiHeadAttention", *inputs, domain=MICROSOFT_DOMAIN,
         outputs=3 if past is not None else 1, num_heads=layer.num_heads,
-        unidirectional=int(bool(causal)), mask_filter_value=MASKED_LOGIT,
+        unidirectional=int(bool(causal)), mask_filter_value=MASKED_LOGIT, **_scale(layer),
     )
     return outputs if past is not None else [outputs]
 

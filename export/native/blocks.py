@@ -5,11 +5,17 @@ pending until the next LayerNorm reads the sum `x + (y + b)` (two Adds and a sta
 LayerNormalization). onnxruntime's fused `com.microsoft.SkipLayerNormalization` computes the
 same in one node but its CPU kernel (onnxruntime 1.31) was 3.5x slower than Add + Add +
 LayerNormalization (16 x 128 x 256: 4.0 ms against 1.2 ms per call, one thread, interleaved),
-about 6% of a whole forward pass, so neither form emits it.
+about 6% of a whole forward pass, so neither form emits it. RMS norms are standard ops too:
+`SimplifiedLayerNormalization` / `SkipSimplifiedLayerNormalization` (onnxruntime 1.32,
+`export.native.layers.RMS_NORM_OPERATOR`) measured no faster on a Llama-shaped model
+(`bench/llama_attention.py`).
 """
 
+import keras
+
+from export.native import layers
 from export.native.attention import emit_key_value_cache
-from export.native.layers import emit_attention, emit_feed_forward, emit_norm
+from export.native.layers import emit_attention, emit_feed_forward, emit_norm, emit_skip_rms_norm
 from export.native.registry import register
 from keras_transformer.layers import DecoderBlock, EncoderBlock
 
@@ -40,6 +46,9 @@ class ResidualStream:
             self.x = self.g.op("Add", self.x, y, name="residual")
         return self.x
 
+    def _skip_norm(self, layer):
+        return self.fused and layers.RMS_NORM_OPERATOR == "skip" and isinstance(layer, keras.layers.RMSNormalization)
+
     def norm(self, layer, replace):
         """LayerNorm of the current state with Keras `layer`'s weights.
 
@@ -49,7 +58,11 @@ class ResidualStream:
                 only returned (the input of the next sub-layer).
         """
         with self.g.scoped(layer.name):
-            normed = emit_norm(self.g, layer, self.value())
+            if self.pending is not None and self._skip_norm(layer):
+                (y, bias), self.pending = self.pending, None
+                normed, self.x = emit_skip_rms_norm(self.g, layer, self.x, y, bias)
+            else:
+                normed = emit_norm(self.g, layer, self.value(), fused=self.fused)
         if replace:
             self.x = normed
         return normed

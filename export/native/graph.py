@@ -58,6 +58,7 @@ class GraphBuilder:
         self._weights = {}
         self.scope = ""
         self.uses_microsoft_domain = False
+        self.shared = {}  # tensors that several emitters reuse (masks, rotary tables), by key
 
     def _unique(self, base):
         base = f"{self.scope}/{base}" if self.scope else base

@@ -87,11 +87,32 @@ def layer_norm_supported(layer):
     return list(axis) in ([-1], [2]) and not getattr(layer, "rms_scaling", False)
 
 
-def emit_norm(g, layer, x):
-    """LayerNormalization or RMSNormalization (over the last axis) of `x`."""
+# The RMS norm form of the fused graphs: None (standard ops, the default), "simplified"
+# (SimplifiedLayerNormalization, an onnxruntime operator in the default domain that the ONNX
+# checker rejects) or "skip" (SkipSimplifiedLayerNormalization, the residual Add included). A
+# switch for `bench/llama_attention.py`: in three interleaved runs neither operator was faster
+# than the standard ops (time ratios 1 x 128 / 16 x 128 / decode: simplified 0.99-1.02 /
+# 0.88-1.03 / 0.97-1.13, skip 0.93-1.05 / 0.92-1.00 / 0.93-1.42), so the graphs keep them.
+RMS_NORM_OPERATOR = None
+
+
+def emit_norm(g, layer, x, fused=False):
+    """LayerNormalization or RMSNormalization (over the last axis) of `x`; `fused` allows
+    `RMS_NORM_OPERATOR` for an RMS norm."""
     if isinstance(layer, keras.layers.RMSNormalization):
+        if fused and RMS_NORM_OPERATOR == "simplified":
+            return g.op("SimplifiedLayerNormalization", x, g.weight("scale", _numpy(layer.scale)), axis=-1,
+                        epsilon=float(layer.epsilon), stash_type=1, name="RMSNorm")
         return emit_rms_norm(g, layer, x)
     return emit_layer_norm(g, layer, x)
+
+
+def emit_skip_rms_norm(g, layer, x, skip, bias=None):
+    """`(RMSNorm(x + skip + bias), x + skip + bias)` as one SkipSimplifiedLayerNormalization."""
+    outputs = g.op("SkipSimplifiedLayerNormalization", x, skip, g.weight("scale", _numpy(layer.scale)),
+                   bias or "", domain=MICROSOFT_DOMAIN, outputs=[None, "", "", None],
+                   epsilon=float(layer.epsilon), name="SkipRMSNorm")
+    return outputs[0], outputs[3]
 
 
 def emit_rms_norm(g, layer, x):

@@ -14,7 +14,7 @@ import keras
 
 from export.native.blocks import ResidualStream, emit_decoder_block, emit_encoder_block
 from export.native.graph import GraphBuilder
-from export.native.attention import emit_attention, is_plain
+from export.native.attention import emit_attention, fused_operator
 from export.native.layers import (
     ATTENTION_KINDS,
     activation_name,
@@ -34,6 +34,7 @@ from export.native.layers import (
 from export.native.projections import SUPPORTED_MODES, emit_embedding_lookup, emit_projection
 from export.native.registry import emitter_for, lookup, register
 from keras_transformer.layers import (
+    DecoderBlock,
     FeedForward,
     MultiHeadAttention,
     OutputBias,
@@ -105,13 +106,23 @@ def supports(model):
 
 
 def check_attention(attention, model=None):
-    """The validated attention kind; `"portable"` for a model whose attention the fused
-    operators do not compute (grouped-query, rotary, another scale)."""
+    """The validated attention kind, the form the graph is written in (its
+    `keras_transformer.native_attention` metadata).
+
+    `"fused"` writes every attention layer as one onnxruntime operator
+    (`export.native.attention.fused_operator`: `Attention`/`MultiHeadAttention`, or
+    `GroupQueryAttention` for grouped-query/rotary self-attention); a model with an attention no
+    fused operator computes (grouped-query cross-attention; grouped-query/rotary attention whose
+    head width is not a multiple of 8) is written `"portable"`.
+    """
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"`attention` must be one of {list(ATTENTION_KINDS)}; received attention={attention!r}.")
-    if model is not None and not all(is_plain(layer) for layer in model._flatten_layers()
-                                     if isinstance(layer, MultiHeadAttention)):
-        return "portable"
+    if model is not None:
+        cross = {id(block.cross_attention_layer) for block in model._flatten_layers()
+                 if isinstance(block, DecoderBlock) and block.cross_attention}
+        if any(fused_operator(layer, id(layer) in cross) is None for layer in model._flatten_layers()
+               if isinstance(layer, MultiHeadAttention)):
+            return "portable"
     return attention
 
 

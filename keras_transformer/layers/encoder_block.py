@@ -5,7 +5,6 @@ import keras
 from keras_transformer.layers import masks
 from keras_transformer.layers._block import TransformerBlockBase
 from keras_transformer.layers._validation import check_last_dim, check_rank
-from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -89,4 +88,4 @@ class EncoderBlock(TransformerBlockBase):
         check_rank("x", x, 3)
         self.check_padding_mask("padding_mask", padding_mask, x.shape[0], x.shape[1])
         if attention_mask is not None:
-            MultiHeadAttention._check_mask_shape(attention_mask, x, x.shape[1])
+            masks.check_mask_shape(attention_mask, x, x.shape[1])

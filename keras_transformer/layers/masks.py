@@ -7,6 +7,8 @@ All masks are boolean with the convention **True = may attend**. Attention masks
 
 from keras import ops
 
+from keras_transformer.layers._validation import check_rank
+
 
 def causal_mask(query_length, key_length=None, start_index=0):
     """Lower-triangular mask: query position `i` may attend key position `j` iff `j <= i + start_index`.
@@ -81,3 +83,47 @@ def keras_mask_of(tensor):
     except ImportError:  # pragma: no cover - older/newer Keras layouts
         return getattr(tensor, "_keras_mask", None)
     return get_keras_mask(tensor)
+
+
+def check_mask_shape(attention_mask, query, key_length, name="attention_mask"):
+    """`attention_mask` must have rank 2 or 3 and broadcast to `(batch, T, key_length)`."""
+    check_rank(name, attention_mask, (2, 3))
+    expected = (query.shape[0], query.shape[1], key_length)
+    got = tuple(attention_mask.shape)
+    got = (1,) * (3 - len(got)) + got
+    for have, want in zip(got, expected):
+        if isinstance(have, int) and isinstance(want, int) and have not in (1, want):
+            raise ValueError(
+                f"`{name}` must broadcast to (batch, query_length, key_length) = "
+                f"{expected}; received shape {tuple(attention_mask.shape)}."
+            )
+
+
+def attention_mask_of(query, keys, attention_mask, use_causal_mask, cache, cache_index, key_mask):
+    """`MultiHeadAttention`'s one boolean `(batch|1, T, S)` mask (or None): the explicit
+    `attention_mask` (else the Keras `key_mask`), causality, and with a cache being written
+    (`cache_index`) only its filled part.
+
+    Args:
+        query: `(batch, T, d)`.
+        keys: `(batch, kv_heads, S, d_k)` projected keys (their length is S without a cache).
+        attention_mask, use_causal_mask, cache, cache_index: as `MultiHeadAttention.call` takes them.
+        key_mask: the Keras mask of the keys, used when there is no `attention_mask`.
+    """
+    query_length = ops.shape(query)[1]
+    key_length = ops.shape(keys)[2] if cache is None else ops.shape(cache)[3]
+    if attention_mask is not None:
+        check_mask_shape(attention_mask, query, key_length)
+    elif key_mask is not None and cache is None:
+        attention_mask = ops.expand_dims(ops.cast(key_mask, "bool"), 1)
+    causal = None
+    if cache is not None and cache_index is not None:
+        # Only the filled part of the cache (and, if causal, the past of each query) counts.
+        if use_causal_mask:
+            causal = causal_mask(query_length, key_length, cache_index)
+        else:
+            filled = ops.arange(key_length, dtype="int32") < ops.cast(cache_index, "int32") + query_length
+            causal = ops.reshape(filled, (1, 1, -1))
+    elif use_causal_mask:
+        causal = causal_mask(query_length, key_length, key_length - query_length)
+    return merge_masks(attention_mask=attention_mask, causal=causal)

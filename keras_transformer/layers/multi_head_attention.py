@@ -7,6 +7,14 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import masks
+from keras_transformer.layers._attention_ops import (
+    input_einsum_dense,
+    output_einsum_dense,
+    output_projection,
+    output_spec,
+    project,
+    use_dot_product_attention,
+)
 from keras_transformer.layers._validation import (
     check_dims,
     check_key_value_heads,
@@ -23,13 +31,6 @@ from keras_transformer.layers.rotary_embedding import RotaryEmbedding
 # Added to the logits of masked positions. Softmax runs in float32, so this is safe in every
 # compute dtype; a row with no allowed position becomes a (near-)uniform average: finite, never NaN.
 _MASKED_LOGIT = -1e9
-
-
-def _projection_initializer(fan_in, fan_out):
-    """Glorot-uniform over the 2-D view `(fan_in, fan_out)` of a multi-head kernel (Keras's own
-    glorot would count the head axes as a receptive field and shrink the weights)."""
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    return keras.initializers.RandomUniform(-limit, limit)
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -162,25 +163,12 @@ class MultiHeadAttention(keras.layers.Layer):
         self.query_dense = self._input_projection("query", d_model, self.num_heads)
         self.key_dense = self._input_projection("key", d_key, self.kv_heads)
         self.value_dense = self._input_projection("value", d_value, self.kv_heads)
-        inner = self.num_heads * self.head_dim
-        self.output_dense = keras.layers.EinsumDense(
-            "abcd,cde->abe", output_shape=(None, d_model), bias_axes="e" if self.use_bias else None,
-            kernel_initializer=_projection_initializer(inner, d_model),
-            dtype=self.dtype_policy, name="attention_output",
-        )
-        self.output_dense.build((None, None, self.num_heads, self.head_dim))
+        self.output_dense = output_einsum_dense(self.num_heads, self.head_dim, d_model, self.use_bias, self.dtype_policy)
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.built = True
 
     def _input_projection(self, name, fan_in, heads):
-        layer = keras.layers.EinsumDense(
-            "abc,cde->abde", output_shape=(None, heads, self.head_dim),
-            bias_axes="de" if self.qkv_bias else None,
-            kernel_initializer=_projection_initializer(fan_in, heads * self.head_dim),
-            dtype=self.dtype_policy, name=name,
-        )
-        layer.build((None, None, fan_in))
-        return layer
+        return input_einsum_dense(name, fan_in, heads, self.head_dim, self.qkv_bias, self.dtype_policy)
 
     @property
     def projections(self):
@@ -197,31 +185,9 @@ class MultiHeadAttention(keras.layers.Layer):
     # -- projections ---------------------------------------------------------------------------
 
     def _project(self, x, layers):
-        """Project `x` with each EinsumDense in `layers`, as `(batch, heads, length, d_k)`.
-
-        Float projections share one matrix product on concatenated kernels (LoRA included:
-        `kernel` is the merged kernel); quantized ones run their own quantized call.
-        """
-        if any(layer.quantization_mode for layer in layers):
-            # A copy carries no Keras mask (the projection sublayers do not take masks).
-            return [ops.transpose(layer(ops.copy(x)), (0, 2, 1, 3)) for layer in layers]
-        kernels = [ops.reshape(layer.kernel, (layer.kernel.shape[0], -1)) for layer in layers]
-        kernel = kernels[0] if len(kernels) == 1 else ops.concatenate(kernels, axis=-1)
-        y = ops.matmul(x, ops.cast(kernel, x.dtype))
-        if self.qkv_bias:
-            biases = [ops.reshape(layer.bias, (-1,)) for layer in layers]
-            bias = biases[0] if len(biases) == 1 else ops.concatenate(biases, axis=-1)
-            y = y + ops.cast(bias, x.dtype)
-        # Split on the feature axis (its gradient is one concat; indexing a 5-D transpose made
-        # zero-filled gradients per part), then (batch, length, h, d_k) -> (batch, h, length, d_k).
-        widths = [k.shape[1] for k in kernels]
-        cuts = [sum(widths[: i + 1]) for i in range(len(widths) - 1)]
-        parts = ops.split(y, cuts, axis=-1) if cuts else [y]
-        length = ops.shape(x)[1]
-        return [
-            ops.transpose(ops.reshape(part, (-1, length, width // self.head_dim, self.head_dim)), (0, 2, 1, 3))
-            for part, width in zip(parts, widths)
-        ]
+        """Project `x` with each EinsumDense in `layers`, as `(batch, heads, length, d_k)`
+        (`_attention_ops.project`: one matrix product for float projections)."""
+        return project(x, layers, self.head_dim, self.qkv_bias)
 
     def _rotate(self, tensor, start_index, position_ids):
         if self.rotary_embedding is None:
@@ -304,9 +270,8 @@ class MultiHeadAttention(keras.layers.Layer):
                 (keys,) = self._project(key, [self.key_dense])
                 (values,) = self._project(value, [self.value_dense])
 
-        mask = self._attention_mask(
-            query, keys, attention_mask, use_causal_mask, cache, cache_index, key_mask
-        )
+        # The explicit, Keras, causal and cache-fill masks merged into `(batch|1, T, S)`.
+        mask = masks.attention_mask_of(query, keys, attention_mask, use_causal_mask, cache, cache_index, key_mask)
         if cache is not None and cache_index is not None:
             update = ops.stack([keys, values], axis=1)
             start_indices = [0, 0, 0, ops.cast(cache_index, "int32"), 0]
@@ -374,66 +339,14 @@ class MultiHeadAttention(keras.layers.Layer):
         return attended, scores
 
     def _use_dot_product_attention(self, attention_bias, training, return_attention_scores):
-        """`keras.ops.dot_product_attention` (fused/flash kernels) where it computes the same:
-        on JAX and PyTorch, without scores, additive bias or active dropout. On TensorFlow it
-        lowers to the same matmuls as the explicit path, which also keeps float32 softmax."""
-        if keras.backend.backend() not in ("jax", "torch"):
-            return False
-        dropout_active = self.dropout > 0 and bool(training)
-        return not (return_attention_scores or attention_bias is not None or dropout_active)
+        return use_dot_product_attention(self.dropout, attention_bias, training, return_attention_scores)
 
     def _output_projection(self, attended):
         """`(batch, h, T, d_k)` -> `(batch, T, d_model)` through `attention_output`."""
-        attended = ops.transpose(attended, (0, 2, 1, 3))
-        layer = self.output_dense
-        if layer.quantization_mode:
-            return layer(ops.copy(attended))
-        length = ops.shape(attended)[1]
-        inner = self.num_heads * self.head_dim
-        output = ops.matmul(
-            ops.reshape(attended, (-1, length, inner)),
-            ops.cast(ops.reshape(layer.kernel, (inner, -1)), attended.dtype),
-        )
-        if self.use_bias:
-            output = output + ops.cast(layer.bias, output.dtype)
-        return output
+        return output_projection(self.output_dense, attended, self.use_bias)
 
     def _check_cache(self, cache):
         CacheSpec(1, self.kv_heads, self.head_dim).check("cache", cache)
-
-    def _attention_mask(self, query, keys, attention_mask, use_causal_mask, cache, cache_index, key_mask):
-        """Merge the explicit, Keras, causal and cache-fill masks into `(batch|1, T, S)`."""
-        query_length = ops.shape(query)[1]
-        key_length = ops.shape(keys)[2] if cache is None else ops.shape(cache)[3]
-        if attention_mask is not None:
-            self._check_mask_shape(attention_mask, query, key_length)
-        elif key_mask is not None and cache is None:
-            attention_mask = ops.expand_dims(ops.cast(key_mask, "bool"), 1)
-        causal = None
-        if cache is not None and cache_index is not None:
-            # Only the filled part of the cache (and, if causal, the past of each query) counts.
-            if use_causal_mask:
-                causal = masks.causal_mask(query_length, key_length, cache_index)
-            else:
-                filled = ops.arange(key_length, dtype="int32") < ops.cast(cache_index, "int32") + query_length
-                causal = ops.reshape(filled, (1, 1, -1))
-        elif use_causal_mask:
-            causal = masks.causal_mask(query_length, key_length, key_length - query_length)
-        return masks.merge_masks(attention_mask=attention_mask, causal=causal)
-
-    @staticmethod
-    def _check_mask_shape(attention_mask, query, key_length, name="attention_mask"):
-        """`attention_mask` must have rank 2 or 3 and broadcast to `(batch, T, key_length)`."""
-        check_rank(name, attention_mask, (2, 3))
-        expected = (query.shape[0], query.shape[1], key_length)
-        got = tuple(attention_mask.shape)
-        got = (1,) * (3 - len(got)) + got
-        for have, want in zip(got, expected):
-            if isinstance(have, int) and isinstance(want, int) and have not in (1, want):
-                raise ValueError(
-                    f"`{name}` must broadcast to (batch, query_length, key_length) = "
-                    f"{expected}; received shape {tuple(attention_mask.shape)}."
-                )
 
     def compute_output_shape(self, query_shape, value_shape=None, key_shape=None, cache_shape=None):
         if cache_shape is not None:
@@ -462,15 +375,10 @@ class MultiHeadAttention(keras.layers.Layer):
             self._check_cache(cache)
             key_length = cache.shape[3]
         if attention_mask is not None:
-            self._check_mask_shape(attention_mask, query, key_length)
-        output = keras.KerasTensor(query.shape, dtype=self.compute_dtype)
-        outputs = (output,)
-        if return_attention_scores:
-            shape = (query.shape[0], self.num_heads, query.shape[1], key_length)
-            outputs += (keras.KerasTensor(shape, dtype=self.compute_dtype),)
-        if cache is not None:
-            outputs += (keras.KerasTensor(cache.shape, dtype=cache.dtype),)
-        return outputs[0] if len(outputs) == 1 else outputs
+            masks.check_mask_shape(attention_mask, query, key_length)
+        scores_shape = (query.shape[0], self.num_heads, query.shape[1], key_length)
+        scores_shape = scores_shape if return_attention_scores else None
+        return output_spec(query.shape, self.compute_dtype, scores_shape, cache)
 
     def compute_mask(self, query, mask=None):
         return mask
