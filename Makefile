@@ -33,12 +33,16 @@ $(STAMP): pyproject.toml
 # PyTorch: when the CPU wheel lies in /opt/wheels (pip's find-links on the CI machines), it is
 # installed first, so that the [torch] extra (torch>=2.6) is already met and pip does not fetch
 # PyPI's default build (~3 GB of CUDA libraries); elsewhere the extra installs PyPI's torch.
+# The PyTorch venv has JAX too (151 MB, no TensorFlow): the test that saves a `.keras` file on
+# PyTorch and loads it on another backend needs a second one.
+VENV_EXTRAS_jax := jax
+VENV_EXTRAS_torch := torch,jax
 TORCH_CPU_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl))
 .venv-%/.installed: pyproject.toml
 	test -x .venv-$*/bin/python || $(PYTHON) -m venv .venv-$*
 	.venv-$*/bin/python -m pip install --quiet --upgrade pip
 	$(if $(and $(filter torch,$*),$(TORCH_CPU_WHEEL)),.venv-$*/bin/python -m pip install --quiet '$(TORCH_CPU_WHEEL)')
-	.venv-$*/bin/python -m pip install --quiet -e '.[$*,export,examples,dev]'
+	.venv-$*/bin/python -m pip install --quiet -e '.[$(VENV_EXTRAS_$*),export,examples,dev]'
 	touch $@
 
 venv: $(STAMP)
