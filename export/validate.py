@@ -294,6 +294,8 @@ def keras_reference(model, output_names=None):
         outputs = forward(feeds)
         return {name: np.asarray(value) for name, value in outputs.items()}
 
+    if hasattr(forward, "output_shapes"):  # JAX: shapes by a trace alone, without compiling
+        run.output_shapes = lambda feeds: {name: tuple(value.shape) for name, value in forward.output_shapes(feeds).items()}
     return run
 
 
