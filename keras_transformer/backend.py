@@ -154,4 +154,5 @@ def _jax_stateless_jit(function, model, compiler_options=None):
         return jax.eval_shape(stateless, [variable.value for variable in model.variables], *args)
 
     call.output_shapes = output_shapes
+    call.compiled_shapes = getattr(jitted, "_cache_size", None)  # how many input shapes compiled
     return call
