@@ -2,7 +2,8 @@
 # for the tests that save on one backend and load on the other, and the JAX distribution test).
 # Each creates or refreshes .venv (re-installing only when pyproject.toml changes), then runs.
 # `make test-jax` / `make test-torch` run the suite on the other Keras backends, each in its own
-# venv without TensorFlow (so nothing there can lean on it); see README "Backends".
+# venv without TensorFlow (so nothing there can lean on it); see README "Backends". CI (.ci/run)
+# runs all three; PyTorch only where its CPU wheel lies in /opt/wheels (see .venv-% below).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -56,8 +57,10 @@ test: $(STAMP)
 test-jax: .venv-jax/.installed
 	KERAS_BACKEND=jax .venv-jax/bin/python -m pytest $(PYTEST_FLAGS) $(JAX_TESTS)
 
+# The whole suite on PyTorch (11.3 min on 2 shared cores; TensorFlow-only tests skip themselves).
+TORCH_TESTS ?= tests
 test-torch: .venv-torch/.installed
-	KERAS_BACKEND=torch .venv-torch/bin/python -m pytest $(PYTEST_FLAGS)
+	KERAS_BACKEND=torch .venv-torch/bin/python -m pytest $(PYTEST_FLAGS) $(TORCH_TESTS)
 
 # The [runtime] install (numpy + onnxruntime only) in a fresh venv, serving a folder written here.
 test-runtime: $(STAMP)
