@@ -57,7 +57,8 @@ test: $(STAMP)
 test-jax: .venv-jax/.installed
 	KERAS_BACKEND=jax .venv-jax/bin/python -m pytest $(PYTEST_FLAGS) $(JAX_TESTS)
 
-# The whole suite on PyTorch (11.3 min on 2 shared cores; TensorFlow-only tests skip themselves).
+# The whole suite on PyTorch (5.0 min on 2 cores, 11.3 min under heavy load from other jobs;
+# TensorFlow-only tests skip themselves).
 TORCH_TESTS ?= tests
 test-torch: .venv-torch/.installed
 	KERAS_BACKEND=torch .venv-torch/bin/python -m pytest $(PYTEST_FLAGS) $(TORCH_TESTS)
