@@ -107,8 +107,11 @@ def _keras_hub(family, sizes, ids):
 def _core_keras(family, sizes, ids):
     d, rate = sizes["d_model"], sizes["dropout"]
     x = keras.layers.Embedding(sizes["vocab_size"], d)(ids)
-    positions = keras.layers.Embedding(sizes["length"], d)(keras.ops.arange(sizes["length"]))
-    x = x + positions
+    # Position ids from the (symbolic) input: an Embedding called on a concrete arange ran once
+    # at build time, froze its output into the model as a constant (never trained), and on
+    # PyTorch carried an autograd graph that the second training step cannot backward through.
+    position_ids = keras.ops.zeros_like(ids) + keras.ops.arange(sizes["length"], dtype="int32")
+    x = x + keras.layers.Embedding(sizes["length"], d)(position_ids)
     for _ in range(sizes["num_layers"]):
         attended = keras.layers.MultiHeadAttention(
             sizes["num_heads"], d // sizes["num_heads"], dropout=rate

@@ -210,7 +210,9 @@ def output_axis_names(model, signature, max_length=None, forward=None):
     """`{output_name: [axis name or fixed size, ...]}`, found by running the model at two sizes.
 
     `forward(feeds) -> {output_name: array}` runs the model (default: an eager call); pass the
-    compiled one a caller already has (`export.validate.keras_reference`).
+    compiled one a caller already has (`export.validate.keras_reference`). When `forward` has
+    `output_shapes(feeds) -> {output_name: shape}` (JAX: `jax.eval_shape`), the probes only trace:
+    two XLA compiles of probe shapes the sweep never uses are saved.
 
     Every named input axis gets a distinct pair of sizes in two probe calls; an output dimension
     whose pair matches an input axis's pair inherits that axis's name, one that is equal in both
@@ -232,9 +234,11 @@ def output_axis_names(model, signature, max_length=None, forward=None):
             feeds[spec.name] = np.ones(shape, dtype=spec.dtype)
         if forward is None:
             outputs = outputs_as_dict(call_model(model, feeds), signature.output_names)
+        elif hasattr(forward, "output_shapes"):
+            outputs = forward.output_shapes(feeds)
         else:
             outputs = forward(feeds)
-        probes.append({k: tuple(v.shape) for k, v in outputs.items()})
+        probes.append({k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in outputs.items()})
     by_pair = {pair: name for name, pair in sizes.items()}
     result = {}
     for output, shape_a in probes[0].items():

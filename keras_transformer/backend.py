@@ -149,4 +149,10 @@ def _jax_stateless_jit(function, model, compiler_options=None):
     def call(*args):
         return jitted([variable.value for variable in model.variables], *args)
 
+    def output_shapes(*args):
+        """The results' `jax.ShapeDtypeStruct`s: a trace, no XLA compile (shape probes)."""
+        return jax.eval_shape(stateless, [variable.value for variable in model.variables], *args)
+
+    call.output_shapes = output_shapes
+    call.compiled_shapes = getattr(jitted, "_cache_size", None)  # how many input shapes compiled
     return call

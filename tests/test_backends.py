@@ -58,11 +58,11 @@ def test_native_export_validates_off_tensorflow(tmp_path):
 
 
 LOAD_ON_OTHER = """
-import json, sys, numpy as np
+import json, sys, keras, numpy as np
 from keras_transformer.saving import load_model
 model = load_model(sys.argv[1])
 ids = np.array(json.loads(sys.argv[2]), dtype="int32")
-np.save(sys.argv[3], np.asarray(model({"token_ids": ids}, training=False)))
+np.save(sys.argv[3], keras.ops.convert_to_numpy(model({"token_ids": ids}, training=False)))
 print(json.dumps(model.generate([[3, 4, 5]], max_new_tokens=4, temperature=0.0).tolist()))
 """
 
@@ -78,7 +78,7 @@ def test_keras_file_saved_here_loads_on_the_other_backend_with_the_same_outputs(
                             capture_output=True, text=True, timeout=300, cwd=tmp_path,
                             env=launch.worker_env(KERAS_BACKEND=OTHER))
     assert result.returncode == 0, result.stderr[-3000:]
-    expected = np.asarray(model({"token_ids": np.array(ids, "int32")}, training=False))
+    expected = keras.ops.convert_to_numpy(model({"token_ids": np.array(ids, "int32")}, training=False))
     np.testing.assert_allclose(np.load(tmp_path / "o.npy"), expected, rtol=1e-5, atol=1e-5)
     tokens = json.loads(result.stdout.strip().splitlines()[-1])
     np.testing.assert_array_equal(tokens, model.generate([[3, 4, 5]], max_new_tokens=4, temperature=0.0))

@@ -72,51 +72,51 @@ def test_bert_shape_inputs_outputs_and_pooler():
     assert model.get_layer("embedding_dropout").rate == 0.0
     feeds = bert_inputs()
     outputs = model(feeds)
-    hidden, pooled = np.asarray(outputs["hidden_states"]), np.asarray(outputs["pooled_output"])
+    hidden, pooled = keras.ops.convert_to_numpy(outputs["hidden_states"]), keras.ops.convert_to_numpy(outputs["pooled_output"])
     assert hidden.shape == (3, 9, D) and pooled.shape == (3, D)
     pooler = model.get_layer("pooler")
-    expected = np.tanh(hidden[:, 0] @ np.asarray(pooler.kernel) + np.asarray(pooler.bias))
+    expected = np.tanh(hidden[:, 0] @ keras.ops.convert_to_numpy(pooler.kernel) + keras.ops.convert_to_numpy(pooler.bias))
     np.testing.assert_allclose(pooled, expected, atol=1e-5)
     # the segment ids take part; padding does not change the real positions
     other = dict(feeds, segment_ids=1 - feeds["segment_ids"])
-    assert np.abs(np.asarray(model(other)["hidden_states"]) - hidden).max() > 1e-2
+    assert np.abs(keras.ops.convert_to_numpy(model(other)["hidden_states"]) - hidden).max() > 1e-2
     short = {name: value[:1, :5] for name, value in feeds.items()}
     padded = {name: np.pad(value, ((0, 0), (0, 3))) for name, value in short.items()}
-    np.testing.assert_allclose(np.asarray(model(padded)["pooled_output"]),
-                               np.asarray(model(short)["pooled_output"]), atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(padded)["pooled_output"]),
+                               keras.ops.convert_to_numpy(model(short)["pooled_output"]), atol=1e-5)
 
 
 def test_bert_embedding_is_layer_normalized_sum_of_tokens_positions_segments():
     model = randomize(bert(num_layers=1))
     feeds = bert_inputs(batch=1, length=5)
-    tokens = np.asarray(model.token_embedding.token_embedding.embeddings)[feeds["token_ids"][0]]
-    positions = np.asarray(model.token_embedding.position_encoding.position_embeddings)[:5]
-    segments = np.asarray(model.segment_embedding.embeddings)[feeds["segment_ids"][0]]
+    tokens = keras.ops.convert_to_numpy(model.token_embedding.token_embedding.embeddings)[feeds["token_ids"][0]]
+    positions = keras.ops.convert_to_numpy(model.token_embedding.position_encoding.position_embeddings)[:5]
+    segments = keras.ops.convert_to_numpy(model.segment_embedding.embeddings)[feeds["segment_ids"][0]]
     total = tokens + positions + segments
     norm = model.embedding_norm
     expected = (total - total.mean(-1, keepdims=True)) / np.sqrt(total.var(-1, keepdims=True) + 1e-12)
-    expected = expected * np.asarray(norm.gamma) + np.asarray(norm.beta)
+    expected = expected * keras.ops.convert_to_numpy(norm.gamma) + keras.ops.convert_to_numpy(norm.beta)
     probe = keras.Model(model.input, model.get_layer("embedding_dropout").output)
-    np.testing.assert_allclose(np.asarray(probe(feeds))[0], expected, atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(probe(feeds))[0], expected, atol=1e-4)
 
 
 def test_mlm_output_bias_is_added_to_the_tied_projection():
     model = randomize(bert(head="masked_lm", pooler=False, mlm_output_bias=True))
-    bias = np.asarray(model.get_layer("mlm_output_bias").bias)
+    bias = keras.ops.convert_to_numpy(model.get_layer("mlm_output_bias").bias)
     feeds = bert_inputs()
-    with_bias = np.asarray(model(feeds))
+    with_bias = keras.ops.convert_to_numpy(model(feeds))
     model.get_layer("mlm_output_bias").bias.assign(np.zeros_like(bias))
-    np.testing.assert_allclose(with_bias, np.asarray(model(feeds)) + bias, atol=1e-5)
+    np.testing.assert_allclose(with_bias, keras.ops.convert_to_numpy(model(feeds)) + bias, atol=1e-5)
     assert with_bias.shape == (3, 9, VOCAB)
 
 
 def test_classification_through_the_pooler():
     model = randomize(bert(head="classification", num_classes=3))
     feeds = bert_inputs()
-    pooled = np.asarray(keras.Model(model.input, model.get_layer("pooler").output)(feeds))
+    pooled = keras.ops.convert_to_numpy(keras.Model(model.input, model.get_layer("pooler").output)(feeds))
     classifier = model.get_layer("classifier")
-    expected = pooled @ np.asarray(classifier.kernel) + np.asarray(classifier.bias)
-    np.testing.assert_allclose(np.asarray(model(feeds)), expected, atol=1e-5)
+    expected = pooled @ keras.ops.convert_to_numpy(classifier.kernel) + keras.ops.convert_to_numpy(classifier.bias)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(feeds)), expected, atol=1e-5)
 
 
 def test_defaults_keep_the_plain_encoder():
@@ -132,8 +132,8 @@ def test_defaults_keep_the_plain_encoder():
 def test_position_offset_reads_the_rows_after_the_offset():
     layer = PositionalEncoding("learned", max_length=6, offset=2)
     x = np.zeros((1, 3, 4), "float32")
-    out = np.asarray(layer(x, start_index=1))
-    table = np.asarray(layer.position_embeddings)
+    out = keras.ops.convert_to_numpy(layer(x, start_index=1))
+    table = keras.ops.convert_to_numpy(layer.position_embeddings)
     assert table.shape == (8, 4)
     np.testing.assert_array_equal(out[0], table[3:6])
     with pytest.raises(ValueError, match="6 positions"):
@@ -151,13 +151,13 @@ def test_bart_shape_has_per_stack_positions_and_embedding_norms():
     assert model.token_embedding.position_encoding is None and not model.token_embedding.scale
     randomize(model)
     feeds = bart_inputs()
-    logits = np.asarray(model(feeds))
+    logits = keras.ops.convert_to_numpy(model(feeds))
     # each stack reads its own table: changing the decoder's leaves the encoder's output alone
     caches, _ = model.encode(feeds["encoder_token_ids"])
     table = model.get_layer("decoder_position_encoding").position_embeddings
-    table.assign(np.asarray(table)[::-1])  # another table (a constant shift would vanish in the norm)
-    np.testing.assert_allclose(np.asarray(model.encode(feeds["encoder_token_ids"])[0][0]), np.asarray(caches[0]))
-    assert np.abs(np.asarray(model(feeds)) - logits).max() > 1e-3  # float noise is ~1e-7
+    table.assign(keras.ops.convert_to_numpy(table)[::-1])  # another table (a constant shift would vanish in the norm)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.encode(feeds["encoder_token_ids"])[0][0]), keras.ops.convert_to_numpy(caches[0]))
+    assert np.abs(keras.ops.convert_to_numpy(model(feeds)) - logits).max() > 1e-3  # float noise is ~1e-7
 
 
 def test_bart_cached_generation_equals_full_recompute():
@@ -188,7 +188,7 @@ def test_config_round_trip_and_keras_file(make, inputs, tmp_path):
     assert loaded.get_config() == config
     expected, got = model(inputs()), loaded(inputs())
     for key in (expected if isinstance(expected, dict) else [None]):
-        np.testing.assert_array_equal(np.asarray(got[key] if key else got), np.asarray(expected[key] if key else expected))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got[key] if key else got), keras.ops.convert_to_numpy(expected[key] if key else expected))
 
 
 @pytest.mark.parametrize("make, message", [
@@ -222,14 +222,14 @@ def test_bert_native_onnx_matches_keras(overrides):
         got = run_onnx(proto, feeds)
         assert len(got) == len(expected)
         for e, g in zip(expected, got):
-            np.testing.assert_allclose(g, np.asarray(e), atol=ATOL, rtol=ATOL)
+            np.testing.assert_allclose(g, keras.ops.convert_to_numpy(e), atol=ATOL, rtol=ATOL)
 
 
 def test_bart_native_onnx_full_and_generation_graphs_match_keras(tmp_path):
     model = randomize(bart(), seed=1)
     feeds = bart_inputs()
     full = run_onnx(build(model, attention="portable"), feeds)[0]
-    np.testing.assert_allclose(full, np.asarray(model(feeds)), atol=ATOL, rtol=ATOL)
+    np.testing.assert_allclose(full, keras.ops.convert_to_numpy(model(feeds)), atol=ATOL, rtol=ATOL)
     encoder, decoder = (ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"])
                         for p in build_encoder_decoder_for_generation(model))
     names = [o.name for o in encoder.get_outputs()]

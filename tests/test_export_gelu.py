@@ -20,6 +20,7 @@ def _op_counts(path):
     return collections.Counter(node.op_type for node in onnx.load(path).graph.node)
 
 
+@pytest.mark.tensorflow  # tf2onnx tracing
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
 def test_gpt_tiny_preset_exports_through_tracing(tmp_path, policy, caplog):
     model = DecoderOnlyTransformer.from_preset("gpt_tiny", dropout=0.0, dtype=policy)
@@ -39,6 +40,7 @@ def test_gpt_tiny_preset_exports_through_tracing(tmp_path, policy, caplog):
     np.testing.assert_allclose(actual, expected, atol=tolerance * max(1.0, np.abs(expected).max()), rtol=tolerance)
 
 
+@pytest.mark.tensorflow  # a user layer has no native emitter: tf2onnx tracing
 def test_user_layer_in_a_gelu_model_exports(tmp_path):
     ids = keras.Input((None,), dtype="int32", name="token_ids")
     x = layers.TokenAndPositionEmbedding(fx.VOCAB, 16, max_length=fx.MAX_LENGTH, positional="learned")(ids)

@@ -62,14 +62,14 @@ def test_layer_norm_matches_keras():
     layer.gamma.assign(np.random.default_rng(2).normal(size=D_MODEL))
     layer.beta.assign(np.random.default_rng(3).normal(size=D_MODEL))
     got = _run(lambda g, x_: emit_layer_norm(g, layer, x_), {"x": x})
-    np.testing.assert_allclose(got, layer(x), atol=ATOL)
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(layer(x)), atol=ATOL)
 
 
 @pytest.mark.parametrize("activation,fused", [("relu", True), ("gelu", True), ("gelu", False), ("silu", True)])
 def test_feed_forward_matches_keras(activation, fused):
     layer = FeedForward(d_ff=32, activation=activation)
     x = _hidden()
-    expected = layer(x)
+    expected = keras.ops.convert_to_numpy(layer(x))
     got = _run(lambda g, x_: _with_bias(g, *emit_feed_forward(g, layer, x_, fused=fused)), {"x": x})
     np.testing.assert_allclose(got, expected, atol=ATOL)
 
@@ -79,7 +79,7 @@ def test_feed_forward_matches_keras(activation, fused):
 def test_embedding_matches_keras_for_any_length(positional, length):
     layer = TokenAndPositionEmbedding(vocab_size=30, d_model=D_MODEL, max_length=64, positional=positional)
     ids = _token_ids(length=length, pad_tail=False)
-    expected = layer(ids)
+    expected = keras.ops.convert_to_numpy(layer(ids))
 
     def build(g, ids_):
         return emit_token_and_position_embedding(g, layer, ids_, emit_positions(g, ids_))
@@ -90,7 +90,7 @@ def test_embedding_matches_keras_for_any_length(positional, length):
 def test_embedding_with_start_index_and_tied_logits_match_keras():
     layer = TokenAndPositionEmbedding(vocab_size=30, d_model=D_MODEL)
     ids = _token_ids(length=3, pad_tail=False)
-    expected = layer(layer(ids, start_index=9), reverse=True)
+    expected = keras.ops.convert_to_numpy(layer(layer(ids, start_index=9), reverse=True))
 
     def build(g, ids_, start_):
         x = emit_token_and_position_embedding(g, layer, ids_, emit_positions(g, ids_, start_))
@@ -108,7 +108,7 @@ def test_self_attention_with_padding_matches_keras(kind, causal):
     ids[0, 0] = 0  # a padded first key: with causality that query row is fully masked
     x = _hidden(length=5)
     mask = padding_mask(ids)[:, None, :]
-    expected = layer(x, attention_mask=mask, use_causal_mask=causal)
+    expected = keras.ops.convert_to_numpy(layer(x, attention_mask=mask, use_causal_mask=causal))
 
     def build(g, x_, ids_):
         masks = emit_attention_masks(g, kind, ids_, emit_key_valid(g, ids_, 0), causal)
@@ -122,7 +122,7 @@ def test_cross_attention_matches_keras(kind):
     layer = MultiHeadAttention(num_heads=4)
     x, memory = _hidden(length=3), _hidden(length=6) * 0.5
     ids = _token_ids(length=6)
-    expected = layer(x, memory, attention_mask=padding_mask(ids)[:, None, :])
+    expected = keras.ops.convert_to_numpy(layer(x, memory, attention_mask=padding_mask(ids)[:, None, :]))
 
     def build(g, x_, m_, ids_):
         masks = emit_attention_masks(g, kind, ids_, emit_key_valid(g, ids_, 0))
@@ -136,7 +136,7 @@ def test_cross_attention_matches_keras(kind):
 def test_encoder_block_matches_keras(kind, norm_first):
     block = EncoderBlock(num_heads=2, d_ff=32, norm_first=norm_first, activation="gelu")
     x, ids = _hidden(length=6), _token_ids(length=6)
-    expected = block(x, padding_mask=padding_mask(ids))
+    expected = keras.ops.convert_to_numpy(block(x, padding_mask=padding_mask(ids)))
 
     def build(g, x_, ids_):
         masks = emit_attention_masks(g, kind, ids_, emit_key_valid(g, ids_, 0))
@@ -153,7 +153,7 @@ def test_decoder_block_matches_keras(kind, norm_first):
     block = DecoderBlock(num_heads=2, d_ff=32, norm_first=norm_first)
     x, memory = _hidden(length=4), _hidden(length=6) * 0.3
     ids, memory_ids = _token_ids(length=4), _token_ids(length=6)
-    expected = block(x, memory, padding_mask=padding_mask(ids), encoder_padding_mask=padding_mask(memory_ids))
+    expected = keras.ops.convert_to_numpy(block(x, memory, padding_mask=padding_mask(ids), encoder_padding_mask=padding_mask(memory_ids)))
 
     def build(g, x_, m_, ids_, mids_):
         self_masks = emit_attention_masks(g, kind, ids_, emit_key_valid(g, ids_, 0), causal=True)

@@ -26,7 +26,7 @@ def _ids(batch, length, seed=0, pad_rows=True):
 
 
 def _check(model, proto, feeds):
-    expected = model(feeds)
+    expected = keras.ops.convert_to_numpy(model(feeds))
     got = run_onnx(proto, feeds)[0]
     np.testing.assert_allclose(got, expected, atol=ATOL, rtol=ATOL)
 

@@ -97,7 +97,7 @@ def _float_initializers(model):
 def _check_projection(layer, x_keras, mode):
     x_keras = x_keras.astype("float32")
     _apply_mode(layer, mode)
-    expected = np.asarray(layer(x_keras))
+    expected = keras.ops.convert_to_numpy(layer(x_keras))
     x_onnx = x_keras.reshape(2, 5, -1)
     got, model = _run_projection(layer, x_onnx)
     np.testing.assert_allclose(got, expected.reshape(got.shape), atol=ATOL)
@@ -160,19 +160,19 @@ def test_stored_integers_are_keras_integers():
     layer.build((2, 5, 40))
     layer.quantize("int8")
     _, model = _run_projection(layer, np.zeros((2, 5, 40), "float32"))
-    np.testing.assert_array_equal(_initializer(model, "int8_dense/kernel"), np.asarray(layer._kernel))
+    np.testing.assert_array_equal(_initializer(model, "int8_dense/kernel"), keras.ops.convert_to_numpy(layer._kernel))
     for block_size in (None, 32):
         layer = keras.layers.Dense(24, name=f"int4_dense_{block_size}")
         layer.build((2, 5, 40))
         layer.quantize("int4", config=keras.quantizers.Int4QuantizationConfig(block_size=block_size))
         _, model = _run_projection(layer, np.zeros((2, 5, 40), "float32"))
-        keras_values = np.asarray(keras.quantizers.unpack_int4(layer._kernel, 24, axis=-1)).T  # (N, K)
+        keras_values = keras.ops.convert_to_numpy(keras.quantizers.unpack_int4(layer._kernel, 24, axis=-1)).T  # (N, K)
         nbits = _initializer(model, f"{layer.name}/kernel_nbits")
         np.testing.assert_array_equal(_unpack_uint4(nbits.reshape(24, -1), 40).astype(int) - 8, keras_values)
         if block_size:
             zero = _initializer(model, f"{layer.name}/kernel_nbits_zero_points").reshape(24, -1)
             zero = _unpack_uint4(zero, 2)
-            np.testing.assert_array_equal(zero.astype(int) - 8, np.asarray(layer.kernel_zero).T)
+            np.testing.assert_array_equal(zero.astype(int) - 8, keras.ops.convert_to_numpy(layer.kernel_zero).T)
 
 
 @pytest.mark.parametrize("mode,k", [(INT4_BLOCKED, 40), ("int4", 300), ("int4_inputs", 300)])
@@ -193,11 +193,11 @@ def test_fused_projections_equal_separate_ones():
             layer.bias.assign(_rng(5).normal(size=layer.bias.shape))
     layers[1].enable_lora(2)
     _randomize_lora(layers[1])
-    expected = [np.asarray(layer(x)).reshape(2, 5, -1) for layer in layers]
+    expected = [keras.ops.convert_to_numpy(layer(x)).reshape(2, 5, -1) for layer in layers]
     for quantize in (False, True):
         if quantize:
             layers[2].quantize("int8")
-            expected[2] = np.asarray(layers[2](x)).reshape(2, 5, -1)
+            expected[2] = keras.ops.convert_to_numpy(layers[2](x)).reshape(2, 5, -1)
         g = GraphBuilder("fused_test")
         x_ = g.input("x", "float32", [None, None, 16])
         for i, y in enumerate(emit_fused_projections(g, layers, x_, "qkv")):
@@ -230,7 +230,7 @@ def test_embedding_lookup_and_logits_match_keras(mode, width):
     _quantize_embedding(layer, mode)
     ids = _rng(6).integers(0, 30, size=(2, 5)).astype("int64")
     hidden = _rng(8).normal(size=(2, 5, width)).astype("float32")
-    expected_rows = np.asarray(layer(ids))
+    expected_rows = keras.ops.convert_to_numpy(layer(ids))
     table = dequantized_embeddings(layer)
     np.testing.assert_allclose(table[ids], expected_rows, atol=ATOL)
     g = GraphBuilder("embedding_test")
@@ -297,4 +297,4 @@ def test_inputs_quantizer_for_each_opset_on_a_2d_input(opset):
     x = _rng(10).normal(size=(3, 20)).astype("float32")
     g = GraphBuilder("opset_test", opset=opset)
     g.output(emit_projection(g, layer, g.input("x", "float32", [None, 20]), "proj"), "y", "float32", [None, 7])
-    np.testing.assert_allclose(run_onnx(g.model(), {"x": x})[0], layer(x), atol=ATOL)
+    np.testing.assert_allclose(run_onnx(g.model(), {"x": x})[0], keras.ops.convert_to_numpy(layer(x)), atol=ATOL)

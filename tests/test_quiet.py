@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from keras_transformer import quiet
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -29,6 +31,7 @@ def test_known_noise_is_recognised_and_nothing_else():
     assert not quiet.is_noise("Traceback (most recent call last):")
 
 
+@pytest.mark.tensorflow  # imports TensorFlow
 def test_tensorflow_imports_quietly_and_other_stderr_survives():
     code = ("import os\n"
             "from keras_transformer import quiet\n"

@@ -120,3 +120,21 @@ def test_missing_candidate_output_fails_the_row():
     cases = v.build_sweep([_spec("x", "float32", (None, 2))], batch_sizes=(1,), max_length=1)
     table = v.compare(lambda f: {"y": f["x"]}, lambda f: {"z": f["x"]}, cases)
     assert not table.passed and "missing" in table.rows[0].detail
+
+
+def test_keras_reference_runs_a_sweep_with_one_compile_per_length_and_the_model_s_outputs():
+    import keras
+
+    from export.signatures import model_signature
+    from keras_transformer.models import EncoderDecoderTransformer
+
+    model = EncoderDecoderTransformer(30, 1, 1, d_model=16, num_heads=2, d_ff=32, max_length=12,
+                                      positional="learned", dropout=0.0)
+    signature = model_signature(model)
+    cases = v.model_sweep(model, signature.inputs)
+    reference = v.keras_reference(model, signature.output_names)
+    table = v.compare(reference, lambda feeds: {"logits": keras.ops.convert_to_numpy(model(feeds, training=False))},
+                      cases, v.allclose(atol=1e-5, rtol=1e-5))
+    assert table.passed and len(table.rows) == 6, table
+    if keras.backend.backend() == "jax":  # batch 1 ran padded to batch 3: 3 lengths, 3 compiles
+        assert reference.compiled_shapes() == 3
