@@ -218,10 +218,12 @@ def run_left_padded(session, prompts, steps, kv_heads, head_dim, layers, pad_id=
 
 def keras_logits(model, prompts, tokens):
     """The Keras model's logits of each prompt followed by its new tokens (one row at a time)."""
+    from keras import ops
+
     results = []
     for prompt, new in zip(prompts, tokens):
         sequence = np.asarray([list(prompt) + [int(t) for t in new]], np.int32)
-        results.append(np.asarray(model({"token_ids": sequence}))[0])
+        results.append(ops.convert_to_numpy(model({"token_ids": sequence}))[0])  # torch: no np.asarray
     return results
 
 

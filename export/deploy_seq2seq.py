@@ -122,6 +122,7 @@ def validate_seq2seq(model, graphs, precision=None, context=None, start_id=1, mi
         `ExportValidationError` with a message saying what to change.
     """
     import onnxruntime
+    from keras import ops
 
     from export import validate
 
@@ -130,8 +131,8 @@ def validate_seq2seq(model, graphs, precision=None, context=None, start_id=1, mi
                 for name, proto in graphs.items()}
     sources, mask = validation_sources(model, context)
     decoder_ids, graph_logits = run_as_optimum(sessions, sources, mask, start_id, steps)
-    reference = np.asarray(model({"encoder_token_ids": sources.astype(np.int32),
-                                  "decoder_token_ids": decoder_ids.astype(np.int32)}))
+    reference = ops.convert_to_numpy(model({"encoder_token_ids": sources.astype(np.int32),
+                                            "decoder_token_ids": decoder_ids.astype(np.int32)}))
     comparator = validate.comparator_for(precision, atol, rtol, min_top1)
     rows = []
     for row in range(len(sources)):

@@ -57,7 +57,7 @@ def _empty_past(batch, kv_heads):
 def test_full_graph_is_group_query_attention_and_equals_keras(kv_heads, rotary, scale):
     model = _llama(kv_heads, rotary, scale)
     ids = np.random.default_rng(0).integers(1, VOCAB, size=(3, 11)).astype("int32")
-    expected = np.asarray(model(ids))
+    expected = keras.ops.convert_to_numpy(model(ids))
     proto = build(model, attention="fused")
     assert _form(proto) == "fused"
     assert _ops(proto) == ({"GroupQueryAttention", "RotaryEmbedding"} if rotary else {"GroupQueryAttention"})
@@ -71,11 +71,11 @@ def test_plain_attention_with_a_custom_scale_stays_one_attention_operator():
     ids = np.random.default_rng(1).integers(1, VOCAB, size=(2, 7)).astype("int32")
     proto = build(model)
     assert _ops(proto) == {"Attention"}
-    np.testing.assert_allclose(run_onnx(proto, {"token_ids": ids})[0], np.asarray(model(ids)), atol=ATOL)
+    np.testing.assert_allclose(run_onnx(proto, {"token_ids": ids})[0], keras.ops.convert_to_numpy(model(ids)), atol=ATOL)
     session = _session(build_decoder_with_past(model))
     assert "MultiHeadAttention" in {node.op_type for node in build_decoder_with_past(model).graph.node}
     logits, _ = run_in_chunks(session, [ids[:, :3], ids[:, 3:4], ids[:, 4:]], _feeds, _empty_past(2, HEADS))
-    np.testing.assert_allclose(logits, np.asarray(model(ids)), atol=ATOL)
+    np.testing.assert_allclose(logits, keras.ops.convert_to_numpy(model(ids)), atol=ATOL)
 
 
 def _feeds(chunk, position):
@@ -96,7 +96,7 @@ def test_cache_graph_chunks_equal_keras(kv_heads, rotary, scale):
     chunks = [ids[:, :4], ids[:, 4:5], ids[:, 5:6], ids[:, 6:]]
     logits, past = run_in_chunks(_session(proto), chunks, _feeds, _empty_past(2, kv_heads))
     assert past["past_key_values.1.value"].shape == (2, kv_heads, 9, HEAD_DIM)
-    np.testing.assert_allclose(logits, np.asarray(model(ids)), atol=ATOL)
+    np.testing.assert_allclose(logits, keras.ops.convert_to_numpy(model(ids)), atol=ATOL)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -147,7 +147,7 @@ def test_bidirectional_encoder_uses_group_query_attention_without_causality(kv_h
     causal = {attribute.i for node in proto.graph.node if node.op_type == "GroupQueryAttention"
               for attribute in node.attribute if attribute.name == "causal"}
     assert _form(proto) == "fused" and causal == {0}
-    np.testing.assert_allclose(run_onnx(proto, {"token_ids": ids})[0], np.asarray(model(ids)), atol=ATOL)
+    np.testing.assert_allclose(run_onnx(proto, {"token_ids": ids})[0], keras.ops.convert_to_numpy(model(ids)), atol=ATOL)
 
 
 @pytest.mark.parametrize("kv_heads,form", [(HEADS, "fused"), (2, "portable")])
@@ -161,7 +161,7 @@ def test_encoder_decoder_grouped_cross_attention_is_portable(kv_heads, form):
     source = rng.integers(1, VOCAB, size=(2, 7)).astype("int32")
     source[1, 4:] = 0
     target = rng.integers(1, VOCAB, size=(2, 6)).astype("int32")
-    expected = np.asarray(model({"encoder_token_ids": source, "decoder_token_ids": target}))
+    expected = keras.ops.convert_to_numpy(model({"encoder_token_ids": source, "decoder_token_ids": target}))
     proto = build(model)
     assert _form(proto) == form
     fused_ops = {"GroupQueryAttention", "RotaryEmbedding", "MultiHeadAttention"}
@@ -183,7 +183,7 @@ def test_head_width_not_a_multiple_of_8_is_written_portable():
     ids = np.random.default_rng(7).integers(1, VOCAB, size=(2, 5)).astype("int32")
     proto = build(model, attention="fused")
     assert _form(proto) == "portable" and not _ops(proto)
-    np.testing.assert_allclose(run_onnx(proto, {"token_ids": ids})[0], np.asarray(model(ids)), atol=ATOL)
+    np.testing.assert_allclose(run_onnx(proto, {"token_ids": ids})[0], keras.ops.convert_to_numpy(model(ids)), atol=ATOL)
 
 
 def test_rotary_inside_the_operator_for_head_width_16():
@@ -192,7 +192,7 @@ def test_rotary_inside_the_operator_for_head_width_16():
     per-row `position_ids`, keeps the separate RotaryEmbedding."""
     model = _llama(d_model=64)
     ids = np.random.default_rng(8).integers(1, VOCAB, size=(2, 9)).astype("int32")
-    expected = np.asarray(model(ids))
+    expected = keras.ops.convert_to_numpy(model(ids))
     proto = build(model)
     rotary = {a.i for n in proto.graph.node if n.op_type == "GroupQueryAttention" for a in n.attribute
               if a.name == "do_rotary"}
@@ -206,7 +206,7 @@ def test_rotary_inside_the_operator_for_head_width_16():
     keras.utils.set_random_seed(9)
     seq2seq = EncoderDecoderTransformer(VOCAB, 1, LAYERS, d_model=64, num_heads=HEADS, d_ff=32, positional="rotary")
     source, target = ids[:, :7], ids[:, 2:8]
-    expected = np.asarray(seq2seq({"encoder_token_ids": source, "decoder_token_ids": target}))
+    expected = keras.ops.convert_to_numpy(seq2seq({"encoder_token_ids": source, "decoder_token_ids": target}))
     encoder, decoder = (_session(p) for p in build_encoder_decoder_for_generation(seq2seq))
     names = [o.name for o in encoder.get_outputs()]
     encoded = dict(zip(names, encoder.run(names, {"encoder_token_ids": source})))
