@@ -33,7 +33,7 @@ def test_causal_mask_with_start_index_and_key_length():
 
 
 def test_padding_mask():
-    ids = np.array([[5, 1, 0, 0], [2, 0, 3, 7]])
+    ids = np.array([[5, 1, 0, 0], [2, 0, 3, 7]], "int32")  # the models' id dtype (JAX truncates int64)
     np.testing.assert_array_equal(numpy(padding_mask(ids)), ids != 0)
     np.testing.assert_array_equal(numpy(padding_mask(ids, pad_id=7)), ids != 7)
     with pytest.raises(ValueError, match=r"`token_ids`.*rank 2.*\(4,\)"):
