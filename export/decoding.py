@@ -37,7 +37,7 @@ from keras_transformer import search  # numpy only: loads no Keras/TensorFlow
 
 GENERATION_METADATA_KEY = "keras_transformer.generation"
 _PRECISION_KEY = "keras_transformer.precision"  # written by export.precision
-_ONE_THREAD_PRECISIONS = ("int8", "int4")  # default to one intra-op thread (see `_session`)
+_ONE_THREAD_PRECISIONS = ("int8",)  # default to one intra-op thread (see `_session`)
 _DECODER_ONLY_FILE = "decoder_with_past.onnx"
 _DEPLOY_FILE = "model.onnx"  # export.to_genai / export.to_optimum
 _ENCODER_FILE, _DECODER_FILE = "encoder.onnx", "decoder.onnx"
@@ -55,12 +55,13 @@ def _session(path, providers, intra_op_num_threads):
     A decoding step is a few small operators, then the host picks a token. Worker threads spin
     between the operators of a run but stop at its end (`session.force_spinning_stop`), so that
     they leave the cores to the host and to other processes between steps.
-    `intra_op_num_threads=None` takes all cores, except for int8 and int4 graphs, whose steps are
-    too small to share. Measured on 2 cores (`bench/onnx_inference.py`'s model, ms per token,
+    `intra_op_num_threads=None` takes all cores, except for int8 graphs, whose steps are too
+    small to share. Measured on 2 idle cores (`bench/onnx_inference.py`'s model, ms per token,
     median of interleaved runs): fp32 1.27 this way, 1.65 with 1 thread, 1.77 with 2 threads that
-    never spin; int8 0.66 with 1 thread, 0.97 with 2. int4 (block 32, accuracy_level 4) on 1
-    thread took 0.52x its time on 2, measured on a loaded machine, where fp32 on 1 thread took
-    0.53x too: spinning workers wait for cores that other processes hold.
+    never spin; int8 0.63-0.66 with 1 thread, 0.65-0.97 with 2; int4 (block 32, accuracy_level
+    4) 0.59-0.69 with 2, 0.73-0.76 with 1. On a machine whose cores other processes hold, one
+    thread wins for every precision (int4 0.52x, fp32 0.53x of the 2-thread time): spinning
+    workers wait for busy cores; pass `intra_op_num_threads=1` there.
     """
     session = _new_session(path, providers, 0 if intra_op_num_threads is None else intra_op_num_threads)
     precision = session.get_modelmeta().custom_metadata_map.get(_PRECISION_KEY)
