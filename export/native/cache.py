@@ -44,7 +44,7 @@ DECODER_ONLY_FILES = ("decoder_with_past.onnx",)
 ENCODER_DECODER_FILES = ("encoder.onnx", "decoder.onnx")
 
 
-def _cache_shape(model, length_axis):
+def cache_shape(model, length_axis):
     """`(batch, kv_heads, length, head_dim)`: one layer's keys or values (`model.cache_spec`)."""
     spec = model.cache_spec
     return ["batch", spec.num_key_value_heads, length_axis, spec.head_dim]
@@ -53,19 +53,19 @@ def _cache_shape(model, length_axis):
 def _past_inputs(g, model, num_layers):
     past = []
     for i in range(num_layers):
-        key = g.input(f"past_key_values.{i}.key", "float32", _cache_shape(model, "past_sequence"))
-        value = g.input(f"past_key_values.{i}.value", "float32", _cache_shape(model, "past_sequence"))
+        key = g.input(f"past_key_values.{i}.key", "float32", cache_shape(model, "past_sequence"))
+        value = g.input(f"past_key_values.{i}.value", "float32", cache_shape(model, "past_sequence"))
         past.append((key, value))
     return past
 
 
 def _present_outputs(g, model, presents):
     for i, (key, value) in enumerate(presents):
-        g.output(key, f"present.{i}.key", "float32", _cache_shape(model, "total_sequence"))
-        g.output(value, f"present.{i}.value", "float32", _cache_shape(model, "total_sequence"))
+        g.output(key, f"present.{i}.key", "float32", cache_shape(model, "total_sequence"))
+        g.output(value, f"present.{i}.value", "float32", cache_shape(model, "total_sequence"))
 
 
-def _past_length(g, past_key):
+def past_length(g, past_key):
     """int64 scalar: the number of cached positions (axis 2 of a past key)."""
     return g.op("Squeeze", g.op("Shape", past_key, start=2, end=3), g.constant([0]), name="past_length")
 
@@ -100,7 +100,7 @@ def build_decoder_with_past(model, opset=DEFAULT_OPSET, attention="fused"):
     past = _past_inputs(g, model, len(model.decoder_blocks))
     key_valid = g.op("Cast", mask, to=9, name="key_valid")  # to bool
     x, presents = emit_decoder_only_body(
-        g, model, ids, kind, past=past, start=_past_length(g, past[0][0]), key_valid=key_valid,
+        g, model, ids, kind, past=past, start=past_length(g, past[0][0]), key_valid=key_valid,
         positions=positions,
     )
     g.output(emit_lm_logits(g, model, model.token_embedding, x), "logits", "float32",
@@ -118,8 +118,8 @@ def _build_encoder(model, opset, kind):
     g.output(g.op("Cast", key_valid, to=6), "encoder_attention_mask", "int32", ["batch", "encoder_sequence"])
     for i, block in enumerate(model.decoder_blocks):
         key, value = emit_cross_attention_cache(g, block, memory)
-        g.output(key, f"cross_key_values.{i}.key", "float32", _cache_shape(model, "encoder_sequence"))
-        g.output(value, f"cross_key_values.{i}.value", "float32", _cache_shape(model, "encoder_sequence"))
+        g.output(key, f"cross_key_values.{i}.key", "float32", cache_shape(model, "encoder_sequence"))
+        g.output(value, f"cross_key_values.{i}.value", "float32", cache_shape(model, "encoder_sequence"))
     return g
 
 
@@ -128,12 +128,12 @@ def _build_decoder(model, opset, kind):
     target = g.input("decoder_token_ids", "int32", ["batch", "decoder_sequence"])
     source_mask = g.input("encoder_attention_mask", "int32", ["batch", "encoder_sequence"])
     cross = [
-        tuple(g.input(f"cross_key_values.{i}.{part}", "float32", _cache_shape(model, "encoder_sequence"))
+        tuple(g.input(f"cross_key_values.{i}.{part}", "float32", cache_shape(model, "encoder_sequence"))
               for part in ("key", "value"))
         for i in range(len(model.decoder_blocks))
     ]
     past = _past_inputs(g, model, len(model.decoder_blocks))
-    start = _past_length(g, past[0][0])
+    start = past_length(g, past[0][0])
     positions = emit_positions(g, target, start)
     stream = new_stream(g, emit_stack_embedding(g, model.target_stack, target, positions), kind)
     self_masks = emit_attention_masks(g, kind, target, causal=True, past_length=start)

@@ -21,6 +21,7 @@ pad id, which is Keras's mask whenever `attention_mask` marks the padding (as to
 import json
 
 from export.native.blocks import emit_cross_attention_cache, emit_decoder_block, emit_encoder_block
+from export.native.cache import cache_shape, past_length
 from export.native.graph import GraphBuilder
 from export.native.layers import emit_attention_masks, emit_key_valid, emit_positions
 from export.native.models import (
@@ -35,11 +36,6 @@ from export.native.models import (
 from export.seq2seq_decoding import DECODER_FILE, DECODER_WITH_PAST_FILE, ENCODER_FILE, SEQ2SEQ_FILES  # noqa: F401
 from keras_transformer.models import EncoderDecoderTransformer
 
-
-
-def _cache_shape(model, length_axis):
-    spec = model.cache_spec
-    return ["batch", spec.num_key_value_heads, length_axis, spec.head_dim]
 
 
 def _as_int32(g, ids):
@@ -76,7 +72,7 @@ def _empty_past(g, model, ids):
 
 def _emit_decoder_steps(g, model, kind, ids, source_mask, cross, past, with_past_inputs):
     """Logits and present self-attention caches of `ids` after `past` (see the module docstring)."""
-    start = g.op("Squeeze", g.op("Shape", past[0][0], start=2, end=3), g.constant([0]), name="past_length")
+    start = past_length(g, past[0][0])
     positions = emit_positions(g, ids, start)
     stream = new_stream(g, emit_stack_embedding(g, model.target_stack, ids, positions), kind)
     self_masks = emit_attention_masks(g, kind, ids, causal=True, past_length=start)
@@ -90,11 +86,11 @@ def _emit_decoder_steps(g, model, kind, ids, source_mask, cross, past, with_past
     logits = emit_lm_logits(g, model, model.target_embedding, finish_stack(stream, model.decoder_final_norm))
     g.output(logits, "logits", "float32", ["batch", "decoder_sequence", model.target_vocab_size])
     for i, (key, value) in enumerate(presents):  # layer by layer, as optimum's exports
-        g.output(key, f"present.{i}.decoder.key", "float32", _cache_shape(model, "total_decoder_sequence"))
-        g.output(value, f"present.{i}.decoder.value", "float32", _cache_shape(model, "total_decoder_sequence"))
+        g.output(key, f"present.{i}.decoder.key", "float32", cache_shape(model, "total_decoder_sequence"))
+        g.output(value, f"present.{i}.decoder.value", "float32", cache_shape(model, "total_decoder_sequence"))
         if not with_past_inputs:  # the first step also returns the cross-attention keys/values
-            g.output(cross[i][0], f"present.{i}.encoder.key", "float32", _cache_shape(model, "encoder_sequence"))
-            g.output(cross[i][1], f"present.{i}.encoder.value", "float32", _cache_shape(model, "encoder_sequence"))
+            g.output(cross[i][0], f"present.{i}.encoder.key", "float32", cache_shape(model, "encoder_sequence"))
+            g.output(cross[i][1], f"present.{i}.encoder.value", "float32", cache_shape(model, "encoder_sequence"))
 
 
 def _build_decoder(model, opset, kind, with_past):
@@ -107,9 +103,9 @@ def _build_decoder(model, opset, kind, with_past):
         past, cross = [], []
         for i in layers:  # optimum pairs inputs with its cache by position: layer by layer
             past.append(tuple(g.input(f"past_key_values.{i}.decoder.{part}", "float32",
-                                      _cache_shape(model, "past_decoder_sequence")) for part in ("key", "value")))
+                                      cache_shape(model, "past_decoder_sequence")) for part in ("key", "value")))
             cross.append(tuple(g.input(f"past_key_values.{i}.encoder.{part}", "float32",
-                                       _cache_shape(model, "encoder_sequence")) for part in ("key", "value")))
+                                       cache_shape(model, "encoder_sequence")) for part in ("key", "value")))
         _emit_decoder_steps(g, model, kind, ids, source_mask, cross, past, with_past_inputs=True)
         return g.model()
     hidden = g.input("encoder_hidden_states", "float32",
