@@ -17,9 +17,10 @@ Sampling and beam search run the loops the Keras models run (`keras_transformer.
 seed draws the same tokens. Greedy decoder-only decoding left-pads the batch and prefills every
 prompt in one run, then runs once per new token (`greedy_left_padded`): the same tokens as
 Keras's loop, which feeds the longer prompts one position at a time, with
-`max(lengths) - min(lengths)` fewer runs. The cache of each step lives in numpy between steps
-(onnxruntime returns its outputs without a copy; OrtValue chaining and IO binding measured no
-faster, see `bench/onnx_inference.py`).
+`max(lengths) - min(lengths)` fewer runs. Between steps the cache lives in numpy
+(`export.kv_cache`): in one preallocated buffer per cache tensor that onnxruntime updates in
+place, where the graph allows it (decoder-only graphs in the fused form), else in the `present.*`
+arrays each run returns.
 
 Example:
 >>> from export.decoding import generate
@@ -32,6 +33,7 @@ import os
 import numpy as np
 import onnxruntime
 
+from export.kv_cache import cached_session
 from export.seq2seq_decoding import SEQ2SEQ_FILES, OptimumSeq2SeqStepper
 from keras_transformer import search  # numpy only: loads no Keras/TensorFlow
 
@@ -91,40 +93,6 @@ def _metadata(session):
     return json.loads(raw)
 
 
-def _empty_cache(batch, metadata, dtype):
-    heads = metadata.get("num_key_value_heads", metadata["num_heads"])  # the cache holds the KV heads
-    shape = (batch, heads, 0, metadata["head_dim"])
-    return [np.zeros(shape, dtype) for _ in range(2 * metadata["num_layers"])]
-
-
-class _CachedSession:
-    """Runs one KV-cache graph and keeps its `present.*` outputs as the next `past_key_values.*`."""
-
-    def __init__(self, session, metadata):
-        self.session, self.metadata = session, metadata
-        self.input_names = [i.name for i in session.get_inputs()]
-        self.past_names = [n for n in self.input_names if n.startswith("past_key_values.")]
-        self.output_names = [o.name for o in session.get_outputs()]
-        past_input = next(i for i in session.get_inputs() if i.name in self.past_names)
-        self.cache_dtype = np.float16 if past_input.type == "tensor(float16)" else np.float32
-
-    def reset(self, batch):
-        self.past = _empty_cache(batch, self.metadata, self.cache_dtype)
-
-    def run(self, feeds):
-        feeds = dict(feeds, **dict(zip(self.past_names, self.past)))
-        logits, *presents = self.session.run(self.output_names, feeds)
-        self.past = presents
-        return np.asarray(logits[:, -1, :], dtype=np.float32)
-
-    def reorder(self, rows):
-        self.past = [cache[rows] for cache in self.past]
-
-    @property
-    def cached_length(self):
-        return self.past[0].shape[2]
-
-
 class DecoderOnlyStepper:
     """Stepper (see `keras_transformer.search`) over `decoder_with_past.onnx`.
 
@@ -136,7 +104,7 @@ class DecoderOnlyStepper:
         self.graph = cached_session
 
     def reset(self, batch, total_length):
-        self.graph.reset(batch)
+        self.graph.reset(batch, total_length)
         self._ones = np.ones(batch * total_length, np.int64)  # any (batch, n <= total) mask is a view
         self._positions = np.tile(np.arange(total_length, dtype=np.int64), (batch, 1))
 
@@ -168,7 +136,7 @@ def greedy_left_padded(graph, prompts, lengths, max_new_tokens, end_id, pad_id, 
     float32 rounding in the two ways of computing the same logits.
 
     Args:
-        graph: a `_CachedSession` over a graph with `position_ids`.
+        graph: an `export.kv_cache.CachedSession` over a graph with `position_ids`.
         prompts, lengths: the right-padded prompt buffer and lengths (`search.prepare_prompts`).
         max_new_tokens, end_id, pad_id, suppress: as in `search.decode`.
 
@@ -181,7 +149,7 @@ def greedy_left_padded(graph, prompts, lengths, max_new_tokens, end_id, pad_id, 
     ids[real] = prompts[np.arange(width)[None, :] < lengths[:, None]]
     mask = np.ones((batch, width + max_new_tokens), np.int64)
     mask[:, :width] = real
-    graph.reset(batch)
+    graph.reset(batch, width + max_new_tokens)
     logits = graph.run({"input_ids": ids, "attention_mask": mask[:, :width],
                         "position_ids": np.maximum(np.cumsum(real, axis=1) - 1, 0)})
     # Each step's tokens go to row `step` of `chosen_ids`; rows of the batch that emitted end_id
@@ -273,7 +241,7 @@ class OnnxGenerator:
         decoder = _session(decoder_path, providers, intra_op_num_threads)
         self.metadata = _metadata(decoder)
         self.family = self.metadata["family"]
-        self.decoder = _CachedSession(decoder, self.metadata)
+        self.decoder = cached_session(decoder, self.metadata)
 
     def generate(self, *args, **kwargs):
         """Decoder-only or encoder-decoder generation (see the module docstring)."""

@@ -10,10 +10,10 @@ both consumers (and `export.decoding.generate`):
   runtimes build from prompts of different lengths) give each row its own tokens.
 * `genai_config.json`: onnxruntime-genai's `"decoder"` model type, the names and sizes above,
   search defaults (greedy, `max_length` = the model's context), eos/pad/bos ids.
-  `past_present_share_buffer` is false: genai's shared buffer passes a past as long as the whole
-  context, while our cache graphs take the past length from the past's shape (`MultiHeadAttention`
-  takes a key-padding mask as long as past + new keys; our `GroupQueryAttention` computes its
-  `seqlens_k` from it).
+  `past_present_share_buffer` is true where the graph allows it (`export.native.cache`: every
+  past feeds `GroupQueryAttention`, which takes the cache length from `attention_mask`): genai then
+  keeps one `(batch, kv_heads, max_length, head_dim)` buffer per cache tensor, past and present
+  alike, instead of copying the cache every step.
 * `config.json` + `generation_config.json`: a Hugging Face config (`model_type` "llama", whose
   cache layout and `position_ids` are those of the graph) for optimum's
   `ORTModelForCausalLM.from_pretrained(folder)`.
@@ -70,7 +70,14 @@ def context_length(model, max_length=None):
     return declared or DEFAULT_CONTEXT
 
 
-def genai_config(model, context, end_id=None, bos_id=None, file_name=MODEL_FILE):
+def _shares_buffer(proto):
+    from export.decoding import GENERATION_METADATA_KEY
+
+    metadata = {prop.key: prop.value for prop in proto.metadata_props}
+    return bool(json.loads(metadata[GENERATION_METADATA_KEY]).get("past_present_share_buffer", False))
+
+
+def genai_config(model, context, end_id=None, bos_id=None, file_name=MODEL_FILE, share_buffer=False):
     """onnxruntime-genai's `genai_config.json` for `model`'s decoder graph (a dict)."""
     spec = model.cache_spec
     pad = int(model.pad_id)
@@ -107,7 +114,7 @@ def genai_config(model, context, end_id=None, bos_id=None, file_name=MODEL_FILE)
         "search": {
             "diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
             "max_length": int(context), "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
-            "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+            "num_return_sequences": 1, "past_present_share_buffer": bool(share_buffer), "repetition_penalty": 1.0,
             "temperature": 1.0, "top_k": 1, "top_p": 1.0,
         },
     }
@@ -281,13 +288,13 @@ def validate_generation(model, proto, precision=None, context=None, min_top1=Non
 
 
 def _build(model, precision, attention, opset, block_size, accuracy_level):
-    from export.native.cache import build_decoder_with_past
+    from export.native.cache import build_decoder_with_past, mark_cache_sharing
     from export.precision import convert
 
     proto = build_decoder_with_past(model, opset=opset, attention=attention)
     if precision in (None, "fp32"):
         return proto
-    return convert(proto, precision, block_size=block_size, accuracy_level=accuracy_level)
+    return mark_cache_sharing(convert(proto, precision, block_size=block_size, accuracy_level=accuracy_level))
 
 
 def to_genai(model, directory, tokenizer=None, precision=None, *, end_id=None, bos_id=None, max_length=None,
@@ -352,7 +359,7 @@ def to_genai(model, directory, tokenizer=None, precision=None, *, end_id=None, b
             "lower precision or int4 block_size=16 agrees more)")
     hf, generation = hf_config(model, context, end_id, bos_id)
     documents = {
-        "genai_config.json": genai_config(model, context, end_id, bos_id),
+        "genai_config.json": genai_config(model, context, end_id, bos_id, share_buffer=_shares_buffer(proto)),
         "config.json": hf,
         "generation_config.json": generation,
     }

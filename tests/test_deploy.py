@@ -76,11 +76,15 @@ def test_genai_generates_our_tokens_for_a_batch_of_different_lengths(shape, tmp_
     written = export.to_genai(model, tmp_path / "genai")
     assert sorted(os.path.basename(p) for p in written) == [
         "config.json", "genai_config.json", "generation_config.json", "model.onnx"]
-    config = json.loads((tmp_path / "genai" / "genai_config.json").read_text())
-    assert config["model"]["type"] == "decoder" and config["search"]["past_present_share_buffer"] is False
-    batch = genai_generate(tmp_path / "genai", PROMPTS, NEW)
+    config_path = tmp_path / "genai" / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    assert config["model"]["type"] == "decoder" and config["search"]["past_present_share_buffer"] is True
     expected = ours(tmp_path / "genai", PROMPTS, NEW)
-    assert batch == expected
+    for share_buffer in (False, True):  # genai's copying mode, then its shared cache (the folder's)
+        config["search"]["past_present_share_buffer"] = share_buffer
+        config_path.write_text(json.dumps(config))
+        batch = genai_generate(tmp_path / "genai", PROMPTS, NEW)
+        assert batch == expected, share_buffer
     for row, prompt in enumerate(PROMPTS):  # each row as it comes out alone
         assert genai_generate(tmp_path / "genai", [prompt], NEW)[0] == batch[row]
     assert len({tuple(t) for t in batch}) == len(PROMPTS)  # different rows, different tokens

@@ -5,7 +5,10 @@
     scale, passed as the operators' `scale`): self-attention without a cache is one
     `com.microsoft.Attention` (projection and attention in one operator); with a cache, and for
     cross-attention, the projections are MatMuls and the attention is one
-    `com.microsoft.MultiHeadAttention` (past/present keys and values, key-padding mask, causal flag);
+    `com.microsoft.MultiHeadAttention` (past/present keys and values, key-padding mask, causal flag),
+    except with a cache *and* a key-padding mask (the decoder-only cache graph), where it is one
+    `com.microsoft.GroupQueryAttention` with as many key/value heads as heads, whose cache can
+    be one buffer shared by past and present (`shares_cache_buffer`);
   - grouped-query and/or rotary self-attention, causal or not, with or without a cache: one
     `com.microsoft.GroupQueryAttention` after `com.microsoft.RotaryEmbedding`
     (`export.native.grouped_attention`, where its exactness conditions are written down);
@@ -59,6 +62,17 @@ def fused_operator(layer, cross_attention=False):
     return None if cross_attention or layer.head_dim % 8 else "GroupQueryAttention"
 
 
+def shares_cache_buffer(layer, memory, key_padding_mask, past):
+    """True when a plain layer's self-attention with a cache and a key-padding mask (the
+    decoder-only cache graph) is emitted as `GroupQueryAttention` instead of `MultiHeadAttention`:
+    that operator takes the cache length from the mask, so the runtimes can keep one
+    `(batch, kv_heads, max_length, head_dim)` buffer per cache tensor for the whole generation
+    (past and present bound to the same memory: no copy of the cache per step), which is
+    onnxruntime-genai's `past_present_share_buffer` mode and `export.decoding`'s default."""
+    return (memory is None and past is not None and key_padding_mask is not None
+            and layer.head_dim % 8 == 0)  # GroupQueryAttention's CPU kernel needs head_dim % 8 == 0
+
+
 def _is_float(layers):
     return all(layer.quantization_mode is None for layer in layers)
 
@@ -94,7 +108,7 @@ def emit_attention(g, layer, query, kind="fused", memory=None, key_padding_mask=
         raise ValueError(f"`attention` must be one of {list(ATTENTION_KINDS)}; received {kind!r}.")
     projections = layer.projections
     q_layer, k_layer, v_layer = projections["query"], projections["key"], projections["value"]
-    fused = kind == "fused" and is_plain(layer)
+    fused = kind == "fused" and is_plain(layer) and not shares_cache_buffer(layer, memory, key_padding_mask, past)
     grouped = kind == "fused" and not fused and supports_grouped(memory, bias)
     if memory is None and past is None and fused and _is_float([q_layer, k_layer, v_layer]):
         attended = _fused_self_attention(g, layer, query, key_padding_mask, bias, causal)

@@ -14,6 +14,13 @@ as a row's positions count its real tokens only (the runtimes' `cumsum(attention
 Causality is by cache index (key `j` is visible to the query at index `past + t` iff
 `j <= past + t`), which padding does not disturb.
 
+Shared cache buffers: where every past tensor feeds `GroupQueryAttention` only (the fused form
+with head widths that are a multiple of 8: `export.native.attention.shares_cache_buffer`), the
+cache length comes from `attention_mask`'s width, so a past may also be a buffer as long as the
+whole generation bound to the present output as well (the operator writes the new positions in
+place). The generation metadata says so (`past_present_share_buffer`), and `export.decoding`
+and onnxruntime-genai (`genai_config.json`) then decode without copying the cache every step.
+
 Encoder-decoder: `encoder.onnx` maps `encoder_token_ids` to `encoder_attention_mask` and the
 cross-attention keys/values `cross_key_values.{i}.key` / `.value` of every decoder block,
 computed once per input; `decoder.onnx` takes `decoder_token_ids`, `encoder_attention_mask`, the
@@ -70,6 +77,25 @@ def past_length(g, past_key):
     return g.op("Squeeze", g.op("Shape", past_key, start=2, end=3), g.constant([0]), name="past_length")
 
 
+def shares_cache_buffers(proto):
+    """True when every consumer of every `past_key_values.*` input of `proto` is a
+    `GroupQueryAttention` node: then past and present may be one buffer (see the module docstring)."""
+    past = {i.name for i in proto.graph.input if i.name.startswith("past_key_values.")}
+    consumers = [node for node in proto.graph.node if past.intersection(node.input)]
+    return bool(past) and all(node.op_type == "GroupQueryAttention" for node in consumers)
+
+
+def mark_cache_sharing(proto):
+    """Record `shares_cache_buffers(proto)` in `proto`'s generation metadata (in place, after
+    any precision conversion, which may put nodes between the past inputs and the attention)."""
+    for prop in proto.metadata_props:
+        if prop.key == GENERATION_METADATA_KEY:
+            metadata = json.loads(prop.value)
+            metadata["past_present_share_buffer"] = shares_cache_buffers(proto)
+            prop.value = json.dumps(metadata)
+    return proto
+
+
 def generation_metadata(model, family):
     """What `export.decoding` needs to drive the graphs, stored as JSON in the model metadata."""
     config = model.get_config()
@@ -99,16 +125,17 @@ def build_decoder_with_past(model, opset=DEFAULT_OPSET, attention="fused"):
     positions = g.input("position_ids", "int64", ["batch", "sequence"])
     past = _past_inputs(g, model, len(model.decoder_blocks))
     key_valid = g.op("Cast", mask, to=9, name="key_valid")  # to bool
-    x, presents = emit_decoder_only_body(
-        g, model, ids, kind, past=past, start=past_length(g, past[0][0]), key_valid=key_valid,
-        positions=positions,
-    )
+    # Only the portable form reads the past's length (its causal bias); the fused operators take
+    # it from the mask, so that the past may be a shared buffer (see the module docstring).
+    start = past_length(g, past[0][0]) if kind == "portable" else None
+    x, presents = emit_decoder_only_body(g, model, ids, kind, past=past, start=start, key_valid=key_valid,
+                                         positions=positions)
     g.output(emit_lm_logits(g, model, model.token_embedding, x), "logits", "float32",
              ["batch", "sequence", model.vocab_size])
     _present_outputs(g, model, presents)
     metadata = {GENERATION_METADATA_KEY: json.dumps(generation_metadata(model, "decoder_only")),
                 "keras_transformer.native_attention": kind}
-    return g.model(metadata=metadata)
+    return mark_cache_sharing(g.model(metadata=metadata))
 
 
 def _build_encoder(model, opset, kind):
@@ -196,7 +223,7 @@ def save_generation_graphs(model, directory, opset=DEFAULT_OPSET, attention="fus
     if precision is not None:
         from export.precision import convert
 
-        graphs = {name: convert(proto, precision) for name, proto in graphs.items()}
+        graphs = {name: mark_cache_sharing(convert(proto, precision)) for name, proto in graphs.items()}
     directory = os.path.abspath(os.fspath(directory))
     with files.atomic_output([directory], overwrite=overwrite) as staging:
         os.makedirs(staging[directory])

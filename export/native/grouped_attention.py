@@ -47,14 +47,20 @@ def _cached(g, key, build):
     return g.shared[key]
 
 
-def _lengths(g, query, past):
+def _lengths(g, query, past, key_padding_mask):
     """`(seqlens_k, total_sequence_length, query_seqlens)`: int32 `(B,)` all `past + T - 1`,
-    the int32 scalar `past + T`, and with a past int32 `(B,)` all `T` (else "")."""
+    the int32 scalar `past + T`, and with a past int32 `(B,)` all `T` (else "").
+
+    With a key-padding mask, `past + T` is the mask's width, not the past's length: then the
+    past may be a buffer as long as the whole generation, shared with the present (the
+    operator writes the new keys/values at `past` and reads `past + T` of them)."""
     shape = g.op("Shape", query)
     batch = g.op("Slice", shape, g.constant([0]), g.constant([1]))
     length = g.op("Cast", g.op("Slice", shape, g.constant([1]), g.constant([2])), to=6)
     total = length
-    if past is not None:
+    if past is not None and key_padding_mask is not None:
+        total = g.op("Cast", g.op("Shape", key_padding_mask, start=1, end=2), to=6)
+    elif past is not None:
         total = g.op("Add", length, g.op("Cast", g.op("Shape", past[0], start=2, end=3), to=6))
     seqlens = g.op("Expand", g.op("Sub", total, g.constant([1], "int32")), batch, name="seqlens_k")
     # Without `query_seqlens` the operator refuses a chunk of more than one token after a past
@@ -143,7 +149,7 @@ def emit_grouped_attention(g, layer, q, k, v, causal=False, key_padding_mask=Non
                      name=f"rotary_{part}")
                 for t, heads, part in ((q, layer.num_heads, "q"), (k, layer.kv_heads, "k")))
     seqlens, total, query_seqlens = _cached(g, ("lengths", positions, key_padding_mask, past is None),
-                                            lambda: _lengths(g, q, past))
+                                            lambda: _lengths(g, q, past, key_padding_mask))
     bias = ""
     if key_padding_mask is not None:
         bias = _cached(g, ("padding_bias", key_padding_mask), lambda: _padding_bias(g, q, key_padding_mask))
