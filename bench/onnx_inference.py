@@ -44,7 +44,9 @@ What changed the numbers (each measured A/B, interleaved):
   `session.force_spinning_stop=1`; compute is unchanged.
 * Generation: worker threads that spin during a run and stop after it made fp32 decoding 20-27%
   faster than one thread (see `export.decoding._session`); IO binding (present KV bound as the
-  next past) measured no faster than `session.run` (2.2 against 2.0 ms per step), so it is not used.
+  next past) measured no faster than `session.run` (2.2 against 2.0 ms per step) while the
+  attention copied its cache; with one buffer shared by past and present (GroupQueryAttention,
+  `export.kv_cache`, 2026-12-02) it is what the generator uses (see the README's issue 16 notes).
 
 Second session, 2026-11-21 16:03 UTC, same command (load 1.2 at the end; keras-hub XLA slower
 than at 14:50 on this shared machine): native / Keras export 0.74 at 1 x 128, 0.80 at 16 x 128
@@ -84,6 +86,12 @@ genai / ours 0.60 on the same graph: genai's C++ loop (its own cache buffers, no
 takes 1.37x the floor where our Python loop takes 2.28x, so most of our distance to the floor is
 the host loop and the past/present feeding, not the graph. Not measured yet: batched decoding
 (batch 8 / 32) against keras-hub.
+Shared cache buffers (2026-12-02 22:29 UTC, idle machine, load 0.2 before / 1.3 after, ORT
+matmul peak 152-154 GFLOP/s, same command): the decoder-only cache graph's attention is
+GroupQueryAttention, whose cache can be one buffer bound as past and present (no copy per step).
+ms per token fp32 0.93 (1 thread 1.66), int8 0.92, int4 0.59, genai on our folder (its shared
+buffer on) 1.56, keras-hub XLA 2.74, floor 0.61 (1 thread 1.10): fp32 / floor 1.51 (1 thread 1.51),
+int4 / fp32 0.63, int4 / keras-hub XLA 0.21, genai / ours 1.69; fp32 / keras-hub XLA 0.34.
 The machine was shared with other engineers during development; only ratios from one run mean
 something (runs under load 2-4, with the spinning artifact, gave 1.09-1.30 at 1 x 128).
 """

@@ -132,9 +132,11 @@ class GraphBuilder:
         return output_names[0] if len(output_names) == 1 else output_names
 
     def model(self, metadata=None, doc_string=""):
-        """The finished, checked `onnx.ModelProto`."""
+        """The finished, checked `onnx.ModelProto` (nodes whose outputs nothing reads dropped)."""
+        nodes = self._live_nodes()
+        read = {name for node in nodes for name in node.input} | {output.name for output in self.outputs}
         graph = helper.make_graph(
-            self.nodes, self.name, self.inputs, self.outputs, list(self.initializers.values())
+            nodes, self.name, self.inputs, self.outputs, [t for t in self.initializers.values() if t.name in read]
         )
         opsets = [helper.make_opsetid("", self.opset)]
         if self.uses_microsoft_domain:
@@ -149,6 +151,17 @@ class GraphBuilder:
             entry.key, entry.value = str(key), str(value)
         onnx.checker.check_model(model)
         return model
+
+    def _live_nodes(self):
+        """The nodes an output depends on, in order: an emitter may leave one behind when a
+        fused operator takes its input instead (e.g. a Split of a packed Q/K/V)."""
+        needed = {output.name for output in self.outputs}
+        live = []
+        for node in reversed(self.nodes):
+            if needed.intersection(node.output):
+                live.append(node)
+                needed.update(name for name in node.input if name)
+        return live[::-1]
 
     def node_count(self):
         return len(self.nodes)

@@ -143,6 +143,8 @@ def emit_grouped_attention(g, layer, q, k, v, causal=False, key_padding_mask=Non
         packed = _packed_input(g, q)
         if packed is not None:
             q, k, v = packed, "", ""
+    elif layer.rotary_embedding is None and _packed_input(g, q) is not None:
+        q, k, v = _packed_input(g, q), "", ""  # the Q/K/V MatMul's output as it is: no Split
     elif layer.rotary_embedding is not None:
         position_ids = _cached(g, ("rotary_positions", positions), lambda: _rotary_positions(g, q, positions))
         q, k = (g.op("RotaryEmbedding", t, position_ids, cos, sin, domain=MICROSOFT_DOMAIN, num_heads=heads,
