@@ -71,13 +71,15 @@ def int8_matmul_ceiling(threads, repeats, rows, depth, columns):
     return times["fp32"] / times["int8"]
 
 
-def decode_matmul_floor(folder, layers, d_model, d_ff, vocab, steps, threads=0):
+def decode_matmul_floor(folder, layers, d_model, d_ff, vocab, steps, threads=0, precision=None):
     """`call`: `steps` single-token passes through a graph of nothing but the MatMuls of one
     decoding step (the model's weight shapes: per layer Q/K/V, output and the two feed-forward
     maps; then the vocabulary projection), in a session made like the generator's with
     `threads` intra-op threads (0: all cores, the fp32 generator's default). What fp32
     greedy decoding would cost if the graph, the attention over the cache and the host added
-    nothing: every step reads all ~21 MB of float32 weights."""
+    nothing: every step reads all ~21 MB of float32 weights. `precision="int4"`: the same
+    MatMuls quantized as `export.precision` quantizes the model (`MatMulNBits`), the floor of
+    int4 decoding."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -101,8 +103,13 @@ def decode_matmul_floor(folder, layers, d_model, d_ff, vocab, steps, threads=0):
     outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, vocab]))
     step_input = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, d_model])
     graph = helper.make_graph(nodes, "decode_matmuls", [step_input], outputs, weights)
-    path = os.path.join(folder, "decode_matmul_floor.onnx")
-    onnx.save(_model(graph), path)
+    model = _model(graph)
+    if precision is not None:
+        from export.precision import convert
+
+        model = convert(model, precision)
+    path = os.path.join(folder, f"decode_matmul_floor_{precision or 'fp32'}.onnx")
+    onnx.save(model, path)
     session = _new_session(path, ["CPUExecutionProvider"], threads)
     feeds = {"x": rng.random((1, d_model), dtype=np.float32)}
 
