@@ -287,11 +287,11 @@ def validate_generation(model, proto, precision=None, context=None, min_top1=Non
 # -- writing ---------------------------------------------------------------------------------------
 
 
-def _build(model, precision, attention, opset, block_size, accuracy_level):
+def _build(model, precision, attention, opset, block_size, accuracy_level, shared_cache):
     from export.native.cache import build_decoder_with_past, mark_cache_sharing
     from export.precision import convert
 
-    proto = build_decoder_with_past(model, opset=opset, attention=attention)
+    proto = build_decoder_with_past(model, opset=opset, attention=attention, shared_cache=shared_cache)
     if precision in (None, "fp32"):
         return proto
     return mark_cache_sharing(convert(proto, precision, block_size=block_size, accuracy_level=accuracy_level))
@@ -299,7 +299,7 @@ def _build(model, precision, attention, opset, block_size, accuracy_level):
 
 def to_genai(model, directory, tokenizer=None, precision=None, *, end_id=None, bos_id=None, max_length=None,
              attention="fused", opset=None, validate=True, min_top1=None, atol=None, rtol=None, block_size=32,
-             accuracy_level=4, validation_prompts=None, overwrite=False):
+             accuracy_level=4, validation_prompts=None, overwrite=False, shared_cache=True):
     """Write a folder that `onnxruntime_genai.Model(folder)` and optimum's
     `ORTModelForCausalLM.from_pretrained(folder)` load as they are (see the module docstring).
 
@@ -324,6 +324,10 @@ def to_genai(model, directory, tokenizer=None, precision=None, *, end_id=None, b
         validation_prompts: token-id lists to validate with (e.g. held-out text) instead of
             random prompts of a few lengths.
         overwrite: replace an existing `directory`.
+        shared_cache: a cache buffer that past and present share (genai's
+            `past_present_share_buffer`; see `export.native.cache.build_decoder_with_past`).
+            Pass False for float32 on a GPU: onnxruntime's CUDA `GroupQueryAttention` takes
+            float16/bfloat16 only.
 
     Returns:
         The list of files written.
@@ -351,7 +355,7 @@ def to_genai(model, directory, tokenizer=None, precision=None, *, end_id=None, b
     tokenizer_text = _tokenizer_json(tokenizer)
     directory = os.path.abspath(os.fspath(directory))
     files.check_target(directory, overwrite)
-    proto = _build(model, precision, attention, opset or DEFAULT_OPSET, block_size, accuracy_level)
+    proto = _build(model, precision, attention, opset or DEFAULT_OPSET, block_size, accuracy_level, shared_cache)
     if validate:
         validate_generation(model, proto, precision, context, min_top1, atol, rtol,
                             prompts=validation_prompts).raise_if_failed(

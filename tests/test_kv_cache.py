@@ -120,3 +120,23 @@ def test_graphs_that_cannot_share_keep_the_copying_cache(tmp_path, case):
     assert type(cached_session(generator.decoder.session, generator.metadata)) is CachedSession
     expected = model.generate(PROMPTS, max_new_tokens=6, temperature=0.0)
     np.testing.assert_array_equal(generator.generate(PROMPTS, max_new_tokens=6, temperature=0.0), expected)
+
+
+def test_shared_cache_false_keeps_multi_head_attention_and_copies(tmp_path):
+    """For float32 on a GPU (onnxruntime's CUDA GroupQueryAttention is float16/bfloat16 only)."""
+    import export
+
+    model = _model()
+    save_generation_graphs(model, tmp_path / "graphs", shared_cache=False)
+    ops = {node.op_type for node in onnx.load(tmp_path / "graphs" / "decoder_with_past.onnx").graph.node}
+    assert "MultiHeadAttention" in ops and "GroupQueryAttention" not in ops
+    generator = OnnxGenerator(tmp_path / "graphs", providers=["CPUExecutionProvider"])
+    assert type(generator.decoder) is CachedSession
+    expected = model.generate(PROMPTS, max_new_tokens=6, temperature=0.0)
+    np.testing.assert_array_equal(generator.generate(PROMPTS, max_new_tokens=6, temperature=0.0), expected)
+    export.to_genai(model, tmp_path / "genai", shared_cache=False)
+    config = json.loads((tmp_path / "genai" / "genai_config.json").read_text())
+    assert config["search"]["past_present_share_buffer"] is False
+    with pytest.raises(ValueError, match="shared_cache.*'yes'"):
+        save_generation_graphs(model, tmp_path / "bad", shared_cache="yes")
+    assert not (tmp_path / "bad").exists()

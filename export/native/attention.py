@@ -62,14 +62,15 @@ def fused_operator(layer, cross_attention=False):
     return None if cross_attention or layer.head_dim % 8 else "GroupQueryAttention"
 
 
-def shares_cache_buffer(layer, memory, key_padding_mask, past):
-    """True when a plain layer's self-attention with a cache and a key-padding mask (the
-    decoder-only cache graph) is emitted as `GroupQueryAttention` instead of `MultiHeadAttention`:
+def shares_cache_buffer(g, layer, memory, key_padding_mask, past):
+    """True when a plain layer's self-attention with a cache and a key-padding mask, in a graph
+    built with `g.shared_cache` (the decoder-only cache graph's default), is emitted as
+    `GroupQueryAttention` instead of `MultiHeadAttention`:
     that operator takes the cache length from the mask, so the runtimes can keep one
     `(batch, kv_heads, max_length, head_dim)` buffer per cache tensor for the whole generation
     (past and present bound to the same memory: no copy of the cache per step), which is
     onnxruntime-genai's `past_present_share_buffer` mode and `export.decoding`'s default."""
-    return (memory is None and past is not None and key_padding_mask is not None
+    return (g.shared_cache and memory is None and past is not None and key_padding_mask is not None
             and layer.head_dim % 8 == 0)  # GroupQueryAttention's CPU kernel needs head_dim % 8 == 0
 
 
@@ -108,7 +109,7 @@ def emit_attention(g, layer, query, kind="fused", memory=None, key_padding_mask=
         raise ValueError(f"`attention` must be one of {list(ATTENTION_KINDS)}; received {kind!r}.")
     projections = layer.projections
     q_layer, k_layer, v_layer = projections["query"], projections["key"], projections["value"]
-    fused = kind == "fused" and is_plain(layer) and not shares_cache_buffer(layer, memory, key_padding_mask, past)
+    fused = kind == "fused" and is_plain(layer) and not shares_cache_buffer(g, layer, memory, key_padding_mask, past)
     grouped = kind == "fused" and not fused and supports_grouped(memory, bias)
     if memory is None and past is None and fused and _is_float([q_layer, k_layer, v_layer]):
         attended = _fused_self_attention(g, layer, query, key_padding_mask, bias, causal)

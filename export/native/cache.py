@@ -113,13 +113,20 @@ def generation_metadata(model, family):
     }
 
 
-def build_decoder_with_past(model, opset=DEFAULT_OPSET, attention="fused"):
-    """The decoder-only KV-cache graph of a `DecoderOnlyTransformer` (see the module docstring)."""
+def build_decoder_with_past(model, opset=DEFAULT_OPSET, attention="fused", shared_cache=True):
+    """The decoder-only KV-cache graph of a `DecoderOnlyTransformer` (see the module docstring).
+
+    `shared_cache=False` keeps `MultiHeadAttention` for plain layers (a cache copied every step):
+    onnxruntime's CUDA `GroupQueryAttention` takes float16/bfloat16 only, so a float32 graph meant
+    for a GPU runs its attention there this way rather than on the CPU provider."""
     if not isinstance(model, DecoderOnlyTransformer):
         raise TypeError(f"`model` must be a DecoderOnlyTransformer; received {type(model).__name__}.")
     check_supported(model, opset)
     kind = check_attention(attention, model)
+    if not isinstance(shared_cache, bool):
+        raise ValueError(f"`shared_cache` must be True or False; received shared_cache={shared_cache!r}.")
     g = GraphBuilder(f"{model.name}_with_past", opset)
+    g.shared_cache = shared_cache
     ids = g.input("input_ids", "int64", ["batch", "sequence"])
     mask = g.input("attention_mask", "int64", ["batch", "total_sequence"])
     positions = g.input("position_ids", "int64", ["batch", "sequence"])
@@ -189,10 +196,10 @@ def build_encoder_decoder_for_generation(model, opset=DEFAULT_OPSET, attention="
             _build_decoder(model, opset, kind).model(metadata=metadata))
 
 
-def build_generation_graphs(model, opset=DEFAULT_OPSET, attention="fused"):
+def build_generation_graphs(model, opset=DEFAULT_OPSET, attention="fused", shared_cache=True):
     """`{file_name: ModelProto}` of the generation graphs of a decoder-only or encoder-decoder model."""
     if isinstance(model, DecoderOnlyTransformer):
-        return dict(zip(DECODER_ONLY_FILES, [build_decoder_with_past(model, opset, attention)]))
+        return dict(zip(DECODER_ONLY_FILES, [build_decoder_with_past(model, opset, attention, shared_cache)]))
     if isinstance(model, EncoderDecoderTransformer):
         return dict(zip(ENCODER_DECODER_FILES, build_encoder_decoder_for_generation(model, opset, attention)))
     raise TypeError(
@@ -202,7 +209,7 @@ def build_generation_graphs(model, opset=DEFAULT_OPSET, attention="fused"):
 
 
 def save_generation_graphs(model, directory, opset=DEFAULT_OPSET, attention="fused", precision=None,
-                           overwrite=False):
+                           overwrite=False, shared_cache=True):
     """Write the generation graphs of `model` into `directory`, atomically (all or nothing).
 
     Args:
@@ -211,15 +218,17 @@ def save_generation_graphs(model, directory, opset=DEFAULT_OPSET, attention="fus
             `decoder.onnx`); `export.decoding.generate(directory, ...)` reads it.
         opset: default-domain opset (>= 17).
         attention: `"fused"` or `"portable"`.
-        precision: None, `"fp16"` or `"int8"` (see `export.precision.convert`).
+        precision: None, `"fp16"`, `"int8"` or `"int4"` (see `export.precision.convert`).
         overwrite: replace an existing `directory`.
+        shared_cache: a decoder-only cache whose buffer past and present may share (see
+            `build_decoder_with_past`; False for float32 on a GPU).
 
     Returns:
         The list of files written.
     """
     from export import files
 
-    graphs = build_generation_graphs(model, opset, attention)
+    graphs = build_generation_graphs(model, opset, attention, shared_cache)
     if precision is not None:
         from export.precision import convert
 

@@ -53,6 +53,9 @@ class GraphBuilder:
         self.inputs = []
         self.outputs = []
         self.initializers = {}
+        # Set by export.native.cache.build_decoder_with_past: its attention may share its cache
+        # buffer (export.native.attention.shares_cache_buffer).
+        self.shared_cache = False
         self._counts = {}
         self._constants = {}
         self._weights = {}
