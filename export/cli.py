@@ -47,6 +47,9 @@ def build_parser():
     parser.add_argument("--no-validate", dest="validate", action="store_false",
                         help="skip validation against Keras (you accept the risk)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--no-shared-cache", dest="shared_cache", action="store_false",
+                        help="genai/optimum: MultiHeadAttention and a KV cache copied every step instead of one "
+                             "shared buffer (for float32 on a GPU: onnxruntime's CUDA GroupQueryAttention is fp16 only)")
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (registers custom layers); repeatable")
     return parser
@@ -125,6 +128,8 @@ def main(argv=None):
 
                     status.update(f"{fmt}: export and validation")
                     options = {} if args.start_id is None else {"start_id": args.start_id}
+                    if not args.shared_cache:
+                        options["shared_cache"] = False
                     written = (to_genai if fmt == "genai" else to_optimum)(
                         model, targets[fmt], tokenizer=args.tokenizer, precision=precision, end_id=args.end_id,
                         max_length=args.max_length, opset=args.opset, validate=args.validate,

@@ -405,6 +405,7 @@ def to_optimum(model, directory, tokenizer=None, precision=None, **options):
     if isinstance(model, EncoderDecoderTransformer):
         from export.deploy_seq2seq import to_optimum_seq2seq
 
+        options.pop("shared_cache", None)  # the seq2seq decoders copy their cache (MultiHeadAttention)
         return to_optimum_seq2seq(model, directory, tokenizer, precision, **options)
     if options.get("start_id") is not None:
         raise ValueError(f"`start_id` is the decoder's first token of an EncoderDecoderTransformer; a "

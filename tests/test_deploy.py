@@ -164,6 +164,12 @@ def test_kt_export_to_genai(trained_decoder, tmp_path, capsys):
     folder = tmp_path / "out" / "genai"
     assert json.loads((folder / "genai_config.json").read_text())["model"]["eos_token_id"] == 1
     assert len(genai_generate(folder, [[3, 4, 5], [6]], 3, pad_id=0)) == 2
+    assert json.loads((folder / "genai_config.json").read_text())["search"]["past_present_share_buffer"] is True
+    code = cli.main([model_path, "--to", "genai", "--out", os.fspath(tmp_path / "copied"), "--no-shared-cache"])
+    assert code == cli.EXIT_OK, capsys.readouterr()
+    copied = tmp_path / "copied" / "genai"
+    assert json.loads((copied / "genai_config.json").read_text())["search"]["past_present_share_buffer"] is False
+    assert genai_generate(copied, [[3, 4, 5], [6]], 3) == ours(copied, [[3, 4, 5], [6]], 3)
     code = cli.main([model_path, "--to", "genai", "--out", os.fspath(tmp_path / "out2"), "--precision", "int4",
                      "--min-top1", "2"])
     assert code == cli.EXIT_USAGE and "min_top1" in capsys.readouterr().err
